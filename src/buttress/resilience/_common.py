@@ -1,0 +1,201 @@
+"""Pieces every strategy shares: option checks, durations, events."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeGuard, TypeVar
+
+from buttress.clock import SYSTEM_CLOCK, Clock
+
+__all__ = [
+    "Duration",
+    "ExceptionFilter",
+    "Listener",
+    "Listeners",
+    "ResilienceEvent",
+    "Strategy",
+    "check_fraction",
+    "check_int",
+    "check_seconds",
+    "exception_filter",
+    "is_async_callable",
+    "resolve_clock",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Duration = float | int | timedelta
+"""A length of time: seconds as a number, or a :class:`datetime.timedelta`."""
+
+
+def _owner(strategy: str) -> str:
+    return f"{strategy}: " if strategy else ""
+
+
+def check_int(strategy: str, name: str, value: object, *, minimum: int) -> int:
+    """Return ``value`` if it is an int of at least ``minimum``; else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{_owner(strategy)}{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{_owner(strategy)}{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_seconds(strategy: str, name: str, value: Duration, *, allow_zero: bool = True) -> float:
+    """Turn a :data:`Duration` into float seconds, rejecting negatives (and zero if asked)."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or math.isnan(seconds):
+        raise ValueError(
+            f"{_owner(strategy)}{name} must be a number of seconds or a timedelta, got {value!r}"
+        )
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{_owner(strategy)}{name} must be {bound} seconds, got {value!r}")
+    return float(seconds)
+
+
+def check_fraction(strategy: str, name: str, value: float) -> float:
+    """Accept a rate in (0, 1]: 0.5 means 50 %."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(
+            f"{_owner(strategy)}{name} must be a fraction in (0, 1] (0.5 means 50 %), got {value!r}"
+        )
+    return float(value)
+
+
+def resolve_clock(clock: Clock | None) -> Clock:
+    return SYSTEM_CLOCK if clock is None else clock
+
+
+def is_async_callable(fn: object) -> TypeGuard[Callable[..., Any]]:
+    """True for ``async def`` functions, also behind ``functools.partial`` or a callable object."""
+    while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+@dataclass(frozen=True, slots=True)
+class ResilienceEvent:
+    """Something a strategy did: a breaker opened, a retry is about to sleep, a call was shed.
+
+    ``source`` is the strategy's name, ``kind`` says what happened (``"state_change"``,
+    ``"retry"``, ``"rejected"`` …) and ``attributes`` holds the details for that kind.
+    """
+
+    source: str
+    kind: str
+    time: float
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+Listener = Callable[[ResilienceEvent], object]
+
+
+class Listeners:
+    """The listeners of one strategy. Events are built only when someone listens."""
+
+    __slots__ = ("_items", "_lock")
+
+    def __init__(self) -> None:
+        self._items: tuple[Listener, ...] = ()
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def add(self, listener: Listener) -> None:
+        with self._lock:
+            self._items = (*self._items, listener)
+
+    def remove(self, listener: Listener) -> None:
+        with self._lock:
+            items = list(self._items)
+            items.remove(listener)
+            self._items = tuple(items)
+
+    def emit(self, source: str, kind: str, time: float, **attributes: Any) -> None:
+        """Deliver an event to each listener; a listener that raises cannot break the call."""
+        items = self._items  # a snapshot: emit never holds the lock
+        if not items:
+            return
+        event = ResilienceEvent(source, kind, time, attributes)
+        for listener in items:
+            try:
+                listener(event)
+            except Exception:
+                _log_listener_failure(listener, event)
+
+
+def _log_listener_failure(listener: Listener, event: ResilienceEvent) -> None:
+    logging.getLogger("buttress.resilience").exception(
+        "listener %r failed on %s event from %r", listener, event.kind, event.source
+    )
+
+
+class Strategy:
+    """Base of the strategies: ``call``/``call_async`` and a decorator built on them.
+
+    Subclasses implement ``call`` and ``call_async``; decorating a ``def`` routes
+    through ``call`` and an ``async def`` through ``call_async``, decided once, at
+    decoration time.
+    """
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    async def call_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """Decorate a ``def`` or ``async def`` function."""
+        if is_async_callable(fn):
+            call_async = self.call_async
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await call_async(fn, *args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+        call = self.call
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return call(fn, *args, **kwargs)  # type: ignore[no-any-return]
+
+        return wrapper
+
+
+ExceptionFilter = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+"""Which exceptions a strategy acts on: exception types, or a predicate on the exception."""
+
+
+def exception_filter(
+    where: str, on: ExceptionFilter | None, default: Callable[[BaseException], bool]
+) -> Callable[[BaseException], bool]:
+    """Turn an ``on=`` option into a predicate."""
+    if on is None:
+        return default
+    if isinstance(on, type | tuple):
+        types = on
+        if not all(
+            isinstance(t, type) and issubclass(t, BaseException)
+            for t in (types if isinstance(types, tuple) else (types,))
+        ):
+            raise ValueError(f"{where}: on must name exception classes, got {on!r}")
+        return lambda exc: isinstance(exc, types)
+    if callable(on):
+        return on
+    raise ValueError(f"{where}: on must be exception types or a predicate, got {on!r}")

@@ -1,0 +1,160 @@
+"""Fallbacks: an answer to give when the real one failed."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar, cast
+
+from buttress.clock import Clock
+from buttress.resilience._common import (
+    ExceptionFilter,
+    Listener,
+    Listeners,
+    Strategy,
+    exception_filter,
+    resolve_clock,
+)
+from buttress.resilience._registry import Registry, default_registry
+
+__all__ = ["Fallback", "FallbackMetrics", "fallback"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackMetrics:
+    name: str
+    fallbacks: int
+    """Calls answered by a fallback."""
+    failures: int
+    """Calls where every fallback failed too."""
+
+
+def _any_exception(exc: BaseException) -> bool:
+    # Exception, not BaseException: cancellation and Ctrl-C must get through.
+    return isinstance(exc, Exception)
+
+
+class Fallback(Strategy):
+    """Answer with a fallback when the call raises what ``on`` selects.
+
+    Each fallback is a plain value, or a callable that receives the exception and
+    returns the value (for an ``async def`` call it may be ``async`` too). Several
+    form a chain, tried in order until one does not raise; if all raise, the
+    original exception comes through with notes on what each fallback raised.
+    A callable that *is* the value must be wrapped: ``fallback(lambda exc: fn)``.
+
+    >>> @fallback(read_from_cache, [], on=(ConnectionError,))
+    ... def recent_orders(user_id: int) -> list[Order]: ...
+    """
+
+    def __init__(
+        self,
+        *fallbacks: object,
+        on: ExceptionFilter | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        registry: Registry | None = default_registry,
+    ) -> None:
+        if not fallbacks:
+            raise ValueError("Fallback: give at least one fallback value or callable")
+        self._fallbacks = fallbacks
+        self._should_fall_back = exception_filter("Fallback", on, _any_exception)
+        self._name = name or "fallback"
+        self._clock = resolve_clock(clock)
+        self._listeners = Listeners()
+        self._lock = threading.Lock()
+        self._used = self._failed = 0
+        if name is not None and registry is not None:
+            registry.register(self)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<Fallback {self._name!r} chain of {len(self._fallbacks)}>"
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` on each ``fallback`` event."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def metrics(self) -> FallbackMetrics:
+        with self._lock:
+            return FallbackMetrics(self._name, self._used, self._failed)
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn``; on a selected exception, answer from the fallback chain."""
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self._should_fall_back(exc):
+                raise
+            failure = exc
+        for step, handler in enumerate(self._fallbacks):
+            if not callable(handler):
+                return cast("T", self._answered(step, failure, handler))
+            try:
+                value = handler(failure)
+            except Exception as error:
+                self._note(failure, step, error)
+                continue
+            return cast("T", self._answered(step, failure, value))
+        raise self._exhausted(failure)
+
+    async def call_async(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn``; on a selected exception, answer from the fallback chain."""
+        try:
+            return await fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self._should_fall_back(exc):
+                raise
+            failure = exc
+        for step, handler in enumerate(self._fallbacks):
+            if not callable(handler):
+                return cast("T", self._answered(step, failure, handler))
+            try:
+                value = handler(failure)
+                if inspect.isawaitable(value):
+                    value = await value
+            except Exception as error:
+                self._note(failure, step, error)
+                continue
+            return cast("T", self._answered(step, failure, value))
+        raise self._exhausted(failure)
+
+    def _answered(self, step: int, failure: BaseException, value: object) -> object:
+        with self._lock:
+            self._used += 1
+        if self._listeners:
+            self._listeners.emit(
+                self._name, "fallback", self._clock.now(), step=step, exception=failure
+            )
+        return value
+
+    def _note(self, failure: BaseException, step: int, error: Exception) -> None:
+        failure.add_note(f"buttress.fallback {self._name!r}: fallback #{step + 1} raised {error!r}")
+
+    def _exhausted(self, failure: BaseException) -> BaseException:
+        with self._lock:
+            self._failed += 1
+        return failure
+
+
+def fallback(
+    *fallbacks: object,
+    on: ExceptionFilter | None = None,
+    name: str | None = None,
+    clock: Clock | None = None,
+) -> Fallback:
+    """Make a :class:`Fallback`, to use as a decorator: ``@fallback([], on=(TimeoutError,))``."""
+    return Fallback(*fallbacks, on=on, name=name, clock=clock)

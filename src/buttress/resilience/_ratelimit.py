@@ -1,0 +1,223 @@
+"""Rate limits per key, with the generic cell rate algorithm (GCRA).
+
+GCRA keeps one number per key, the *theoretical arrival time* (TAT): when the
+key's budget would be fully spent. A request is allowed when the TAT, pushed on
+by the request's cost, stays within ``burst`` intervals of now. That is a token
+bucket's behaviour with one float of state and no refill loop.
+
+A key whose TAT lies in the past is indistinguishable from a new key, so it can
+be forgotten. Keys live in two generations: every ``burst`` intervals the older
+generation is dropped whole, which only ever drops idle keys. Memory stays
+bounded by the keys active in the last two horizons, with no scan (a scan of the
+old generation happens only if some request there booked a wait beyond the
+horizon, to keep those bookings).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from buttress.clock import Clock
+from buttress.errors import RateLimitExceeded
+from buttress.resilience._common import (
+    Duration,
+    Listener,
+    Listeners,
+    Strategy,
+    check_int,
+    check_seconds,
+    resolve_clock,
+)
+from buttress.resilience._registry import Registry, default_registry
+
+__all__ = ["RateLimiter", "RateLimiterMetrics"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiterMetrics:
+    name: str
+    rate: float
+    per: float
+    burst: int
+    allowed: int
+    rejected: int
+    keys: int
+    """Keys currently remembered (active within the last two horizons)."""
+
+
+class RateLimiter(Strategy):
+    """Allow ``rate`` requests per ``per`` seconds for each key, and bursts of ``burst``.
+
+    >>> limiter = RateLimiter(100, per=60, burst=10, name="api")
+    >>> limiter.try_acquire("user:42")            # True or False, at once
+    >>> limiter.acquire("user:42", max_wait=2.0)  # waits up to 2 s, else raises
+    >>> await limiter.acquire_async("user:42")
+
+    ``RateLimitExceeded.retry_after`` says how long until the request would pass.
+    As a decorator it limits the key ``""`` and waits up to the limiter's
+    ``max_wait`` (``None``: as long as needed).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        per: Duration = 1.0,
+        *,
+        burst: int | None = None,
+        max_wait: Duration | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        registry: Registry | None = default_registry,
+    ) -> None:
+        where = "RateLimiter" if name is None else f"RateLimiter({name!r})"
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise ValueError(
+                f"{where}: rate must be a number > 0 (requests per `per`), got {rate!r}"
+            )
+        self._rate = float(rate)
+        self._per = check_seconds(where, "per", per, allow_zero=False)
+        self._burst = check_int(
+            where, "burst", max(1, round(rate)) if burst is None else burst, minimum=1
+        )
+        self._max_wait = None if max_wait is None else check_seconds(where, "max_wait", max_wait)
+        self._interval = self._per / self._rate
+        self._horizon = self._burst * self._interval
+        self._name = name or "rate_limiter"
+        self._clock = resolve_clock(clock)
+        self._listeners = Listeners()
+        self._lock = threading.Lock()
+        self._current: dict[str, float] = {}
+        self._previous: dict[str, float] = {}
+        # The latest TAT written to each generation: whether it may hold live keys.
+        self._current_latest = self._previous_latest = float("-inf")
+        self._rotated_at = self._clock.now()
+        self._allowed = self._rejected = 0
+        if name is not None and registry is not None:
+            registry.register(self)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<RateLimiter {self._name!r} {self._rate:g}/{self._per:g}s burst={self._burst}>"
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` on each ``rejected`` event."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def metrics(self) -> RateLimiterMetrics:
+        with self._lock:
+            self._rotate(self._clock.now())
+            keys = len(self._current) + len(self._previous)
+            return RateLimiterMetrics(
+                self._name, self._rate, self._per, self._burst, self._allowed, self._rejected, keys
+            )
+
+    def try_acquire(self, key: str = "", *, cost: int = 1) -> bool:
+        """Take ``cost`` from ``key``'s allowance if it is there now; never waits."""
+        return self._reserve(key, cost, max_wait=0.0) == 0.0
+
+    def acquire(self, key: str = "", *, cost: int = 1, max_wait: Duration | None = None) -> None:
+        """Take ``cost`` from ``key``'s allowance, waiting up to ``max_wait`` seconds for it.
+
+        Raises :class:`RateLimitExceeded` at once if the wait would be longer.
+        """
+        wait = self._reserve(key, cost, max_wait=self._resolve_wait(max_wait), raising=True)
+        if wait > 0:
+            self._clock.sleep(wait)
+
+    async def acquire_async(
+        self, key: str = "", *, cost: int = 1, max_wait: Duration | None = None
+    ) -> None:
+        """Like :meth:`acquire`, for async code."""
+        wait = self._reserve(key, cost, max_wait=self._resolve_wait(max_wait), raising=True)
+        if wait > 0:
+            await self._clock.sleep_async(wait)
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self.acquire()
+        return fn(*args, **kwargs)
+
+    async def call_async(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        await self.acquire_async()
+        return await fn(*args, **kwargs)
+
+    def reset(self, key: str | None = None) -> None:
+        """Forget one key's history, or every key's."""
+        with self._lock:
+            if key is None:
+                self._current.clear()
+                self._previous.clear()
+            else:
+                self._current.pop(key, None)
+                self._previous.pop(key, None)
+
+    # -- GCRA -----------------------------------------------------------------------
+
+    def _resolve_wait(self, max_wait: Duration | None) -> float:
+        if max_wait is None:
+            return self._max_wait if self._max_wait is not None else float("inf")
+        return check_seconds(self._name, "max_wait", max_wait)
+
+    def _reserve(self, key: str, cost: int, *, max_wait: float, raising: bool = False) -> float:
+        """Book the request and return how long to wait for it, if that is within
+        ``max_wait``; else book nothing and return -1 (or raise)."""
+        if cost < 1 or cost > self._burst:
+            raise ValueError(
+                f"{self._name}: cost must be between 1 and burst ({self._burst}), got {cost!r}"
+            )
+        with self._lock:
+            now = self._clock.now()
+            self._rotate(now)
+            tat = self._current.get(key)
+            if tat is None:
+                tat = self._previous.pop(key, now)
+            new_tat = (tat if tat > now else now) + cost * self._interval
+            wait = new_tat - self._horizon - now
+            if wait <= max_wait:
+                self._current[key] = new_tat
+                self._current_latest = max(self._current_latest, new_tat)
+                self._allowed += 1
+                return wait if wait > 0 else 0.0
+            self._rejected += 1
+        if self._listeners:
+            self._listeners.emit(self._name, "rejected", now, key=key, retry_after=wait)
+        if raising:
+            raise RateLimitExceeded(key, retry_after=wait, limiter=self._name)
+        return -1.0
+
+    def _rotate(self, now: float) -> None:
+        elapsed = now - self._rotated_at
+        if elapsed < self._horizon:
+            return
+        self._age_generations(now)
+        if elapsed >= 2 * self._horizon:
+            self._age_generations(now)
+        self._rotated_at = now
+
+    def _age_generations(self, now: float) -> None:
+        # The older generation was last written a horizon ago, so its TATs lie in
+        # the past (idle keys) unless a request reserved a wait beyond the horizon;
+        # those few reservations are kept.
+        kept = (
+            {key: tat for key, tat in self._previous.items() if tat > now}
+            if self._previous_latest > now
+            else {}
+        )
+        self._previous, self._previous_latest = self._current, self._current_latest
+        if kept:
+            self._previous.update(kept)
+            self._previous_latest = max(self._previous_latest, *kept.values())
+        self._current, self._current_latest = {}, float("-inf")
