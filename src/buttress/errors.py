@@ -926,12 +926,10 @@ def _stdlib_table() -> _Table:
     ]
     futures = sys.modules.get("concurrent.futures")
     if futures is not None:
+        # Unlike asyncio's, this CancelledError is an Exception; still never retried.
         table.append((_types(futures, "CancelledError"), Severity.PERMANENT))
     table += [
-        (
-            (OSError,),
-            Severity.RECOVERABLE,
-        ),
+        ((OSError,), Severity.RECOVERABLE),
         # An unknown library's error still counts as a failure and is retried.
         ((Exception,), Severity.RECOVERABLE),
         ((BaseException,), Severity.PERMANENT),
@@ -990,8 +988,10 @@ def classify(exc: BaseException) -> Severity:
             key=_SEVERITY_RANK.__getitem__,
             default=Severity.PERMANENT,
         )
-    if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN:
-        return Severity.TRANSIENT  # "temporary failure in name resolution"
+    if isinstance(exc, socket.gaierror):
+        # EAI_AGAIN is "temporary failure in name resolution"; other lookup
+        # failures (an unknown name) may be a DNS change still propagating.
+        return Severity.TRANSIENT if exc.errno == socket.EAI_AGAIN else Severity.RECOVERABLE
     severity = _classify_type(cls)
     if len(_TYPE_CACHE) >= _TYPE_CACHE_MAX:
         _TYPE_CACHE.clear()

@@ -175,11 +175,14 @@ class CircuitBreaker(Strategy):
         self._result_is_failure = on_result
         self._clock = resolve_clock(clock)
         self._timed = self._slow_duration is not None
-        # A success in a CLOSED breaker with a count window and no slow-call rule
-        # needs no clock reading: the hot path.
-        self._plain = not self._timed and window_type == "count"
+        # The hot path: a success in a CLOSED breaker with a count window, no
+        # slow-call rule, no result predicate and no listeners. It reads no clock
+        # and builds nothing; ``_quiet`` says whether it applies.
+        self._count_window = self._window if isinstance(self._window, CountWindow) else None
+        self._hot_window = self._count_window or CountWindow(1)  # typed for the hot path only
         self._listeners = Listeners()
         self._lock = threading.Lock()
+        self._update_quiet()
 
         self._state = _CLOSED
         # Every transition (and every reclaim of half-open permits) starts a new
@@ -223,11 +226,21 @@ class CircuitBreaker(Strategy):
         Listeners run outside the lock, on the thread that made the call.
         """
         self._listeners.add(listener)
+        self._update_quiet()
 
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.remove(listener)
+        self._update_quiet()
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _update_quiet(self) -> None:
+        self._quiet = (
+            self._count_window is not None
+            and not self._timed
+            and self._result_is_failure is None
+            and not self._listeners
+        )
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
         epoch = self._epoch if self._state is _CLOSED else self._admit()
         start = self._clock.now() if self._timed else 0.0
@@ -236,12 +249,19 @@ class CircuitBreaker(Strategy):
         except BaseException as exc:
             self._record_exception(epoch, start, exc)
             raise
+        if self._quiet:
+            with self._lock:
+                if self._state is _CLOSED and epoch == self._epoch:
+                    self._successes += 1
+                    self._consecutive_failures = 0
+                    self._hot_window.seq += 1
+                    return result
         self._record_result(epoch, start, result)
         return result
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await ``fn(*args, **kwargs)`` through the breaker."""
         epoch = self._epoch if self._state is _CLOSED else self._admit()
         start = self._clock.now() if self._timed else 0.0
@@ -250,6 +270,13 @@ class CircuitBreaker(Strategy):
         except BaseException as exc:
             self._record_exception(epoch, start, exc)
             raise
+        if self._quiet:
+            with self._lock:
+                if self._state is _CLOSED and epoch == self._epoch:
+                    self._successes += 1
+                    self._consecutive_failures = 0
+                    self._hot_window.seq += 1
+                    return result
         self._record_result(epoch, start, result)
         return result
 
@@ -380,18 +407,10 @@ class CircuitBreaker(Strategy):
 
     def _record_result(self, epoch: int, start: float, result: object) -> None:
         predicate = self._result_is_failure
-        if predicate is not None and predicate(result):
-            self._record(epoch, start, failed=True, kind="failure", detail=result)
-            return
-        if not self._plain or self._listeners or self._state is not _CLOSED:
-            self._record(epoch, start, failed=False, kind="success", detail=result)
-            return
-        # The hot path: a success in a quiet CLOSED breaker.
-        with self._lock:
-            self._successes += 1
-            if epoch == self._epoch and self._state is _CLOSED:
-                self._consecutive_failures = 0
-                self._window.record(0.0, False, False)
+        failed = predicate is not None and bool(predicate(result))
+        self._record(
+            epoch, start, failed=failed, kind="failure" if failed else "success", detail=result
+        )
 
     def _record_exception(self, epoch: int, start: float, exc: BaseException) -> None:
         if self._counts_as_failure(exc):

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import Clock
 from buttress.errors import BulkheadFullError
@@ -132,7 +132,7 @@ class Bulkhead(Strategy):
                 self._rejected,
             )
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn`` once a slot is free."""
         waiter = self._enter(lambda: _Waiter(event=threading.Event()))
         if waiter is not None:
@@ -144,9 +144,9 @@ class Bulkhead(Strategy):
         finally:
             self._release()
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await ``fn`` once a slot is free."""
         loop = asyncio.get_running_loop()
         waiter = self._enter(lambda: _Waiter(future=loop.create_future()))

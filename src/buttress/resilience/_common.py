@@ -7,7 +7,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeGuard, TypeVar
@@ -144,34 +144,47 @@ def _log_listener_failure(listener: Listener, event: ResilienceEvent) -> None:
 
 
 class Strategy:
-    """Base of the strategies: ``call``/``call_async`` and a decorator built on them.
+    """Base of the strategies: ``call``, ``call_async`` and a decorator, built on ``_run``.
 
-    Subclasses implement ``call`` and ``call_async``; decorating a ``def`` routes
-    through ``call`` and an ``async def`` through ``call_async``, decided once, at
-    decoration time.
+    A subclass implements ``_run`` and ``_run_async``, which take the arguments
+    as one tuple and one dict. The decorator hands them over as they came, with
+    no repacking, which is most of what a wrapper layer costs; whether to wrap
+    with the sync or the async runner is decided once, at decoration time.
     """
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    async def call_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         raise NotImplementedError
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` through this strategy."""
+        return self._run(fn, args, kwargs)  # type: ignore[no-any-return]
+
+    async def call_async(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn(*args, **kwargs)`` through this strategy."""
+        return await self._run_async(fn, args, kwargs)  # type: ignore[no-any-return]
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate a ``def`` or ``async def`` function."""
         if is_async_callable(fn):
-            call_async = self.call_async
+            run_async = self._run_async
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await call_async(fn, *args, **kwargs)
+                return await run_async(fn, args, kwargs)
 
             return async_wrapper  # type: ignore[return-value]
-        call = self.call
+        run = self._run
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return call(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return run(fn, args, kwargs)  # type: ignore[no-any-return]
 
         return wrapper
 

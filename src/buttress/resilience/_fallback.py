@@ -6,7 +6,7 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import Clock
 from buttress.resilience._common import (
@@ -90,7 +90,7 @@ class Fallback(Strategy):
         with self._lock:
             return FallbackMetrics(self._name, self._used, self._failed)
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn``; on a selected exception, answer from the fallback chain."""
         try:
             return fn(*args, **kwargs)
@@ -100,18 +100,18 @@ class Fallback(Strategy):
             failure = exc
         for step, handler in enumerate(self._fallbacks):
             if not callable(handler):
-                return cast("T", self._answered(step, failure, handler))
+                return self._answered(step, failure, handler)
             try:
                 value = handler(failure)
             except Exception as error:
                 self._note(failure, step, error)
                 continue
-            return cast("T", self._answered(step, failure, value))
+            return self._answered(step, failure, value)
         raise self._exhausted(failure)
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await ``fn``; on a selected exception, answer from the fallback chain."""
         try:
             return await fn(*args, **kwargs)
@@ -121,7 +121,7 @@ class Fallback(Strategy):
             failure = exc
         for step, handler in enumerate(self._fallbacks):
             if not callable(handler):
-                return cast("T", self._answered(step, failure, handler))
+                return self._answered(step, failure, handler)
             try:
                 value = handler(failure)
                 if inspect.isawaitable(value):
@@ -129,7 +129,7 @@ class Fallback(Strategy):
             except Exception as error:
                 self._note(failure, step, error)
                 continue
-            return cast("T", self._answered(step, failure, value))
+            return self._answered(step, failure, value)
         raise self._exhausted(failure)
 
     def _answered(self, step: int, failure: BaseException, value: object) -> object:

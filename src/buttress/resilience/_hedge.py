@@ -99,7 +99,7 @@ class Hedge(Strategy):
         with self._lock:
             return HedgeMetrics(self._name, self._calls, self._hedges, self._hedge_wins)
 
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         raise TypeError(
             f"{self._name}: hedging needs an async def function (got {fn!r}); a sync call "
             "cannot be cancelled, so the losing attempts would run on in their threads"
@@ -107,19 +107,19 @@ class Hedge(Strategy):
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         if not is_async_callable(fn):
-            self.call(fn)
+            self._run(fn, (), {})
         return super().__call__(fn)
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await ``fn``, hedging it as configured."""
         loop = asyncio.get_running_loop()
 
-        async def attempt() -> T:
+        async def attempt() -> Any:
             return await fn(*args, **kwargs)
 
-        attempts: list[asyncio.Task[T]] = [loop.create_task(attempt())]
+        attempts: list[asyncio.Task[Any]] = [loop.create_task(attempt())]
         running = set(attempts)
         hedges_left = self._max_hedged
         timer: asyncio.Task[None] | None = None

@@ -93,15 +93,13 @@ class Pipeline(Strategy):
                 self._composed[fn] = composed
         return composed
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` through every strategy."""
-        return self._compose(fn)(*args, **kwargs)  # type: ignore[no-any-return]
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._compose(fn)(*args, **kwargs)
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Await ``fn(*args, **kwargs)`` through every strategy."""
-        return await self._compose(fn)(*args, **kwargs)  # type: ignore[no-any-return]
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return await self._compose(fn)(*args, **kwargs)
 
     def metrics(self) -> dict[str, Any]:
         """Each named strategy's metrics, by name."""

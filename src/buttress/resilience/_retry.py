@@ -12,7 +12,7 @@ import random
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import Clock
 from buttress.errors import Severity, classify
@@ -273,12 +273,12 @@ class Retry(Strategy):
 
     # -- running attempts ---------------------------------------------------------
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn(*args, **kwargs)``, retrying as configured."""
         if self._budget is not None:
             self._budget.deposit()
         start = self._clock.now() if self._deadline is not None else 0.0
-        result = cast("T", None)
+        result: Any = None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -304,14 +304,14 @@ class Retry(Strategy):
                 return result
         return self._give_up(state, failure, result)
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await ``fn(*args, **kwargs)``, retrying as configured."""
         if self._budget is not None:
             self._budget.deposit()
         start = self._clock.now() if self._deadline is not None else 0.0
-        result = cast("T", None)
+        result: Any = None
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import SYSTEM_CLOCK, Clock
 from buttress.errors import OperationTimeoutError
@@ -159,12 +159,12 @@ class Timeout(Strategy):
     def metrics(self) -> TimeoutMetrics:
         return TimeoutMetrics(self._name, self._seconds, self._timeouts)
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``fn`` in a worker thread and wait at most ``seconds`` for it."""
         executor = self._executor or _default_executor()
         # The worker sees the caller's context variables (request ids, log context).
-        future: Future[T] = executor.submit(
-            contextvars.copy_context().run,  # type: ignore[arg-type]
+        future: Future[Any] = executor.submit(
+            contextvars.copy_context().run,
             fn,
             *args,
             **kwargs,
@@ -177,9 +177,9 @@ class Timeout(Strategy):
         future.cancel()  # only helps if it never started
         raise self._timed_out()
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _run_async(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await ``fn``, cancelling it after ``seconds``."""
         deadline = Deadline(self._seconds, self._clock)
         try:

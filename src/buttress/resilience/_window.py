@@ -8,46 +8,46 @@ falls out of the window.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 __all__ = ["CountWindow", "TimeWindow"]
 
-_FAILED = 1
-_SLOW = 2
-
 
 class CountWindow:
-    """The last ``size`` calls, in a ring buffer of outcome codes."""
+    """The last ``size`` calls.
 
-    __slots__ = ("_index", "_ring", "failures", "size", "slow", "total")
+    Only failures and slow calls are stored, as the sequence numbers of the calls
+    they were; a success just bumps the sequence. Numbers that fall out of the
+    window drop off the front. That makes a success (the hot path) one increment.
+    """
+
+    __slots__ = ("_failed", "_slow", "seq", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ring = bytearray(size)
-        self._index = 0
-        self.total = 0
-        self.failures = 0
-        self.slow = 0
+        self.seq = 0
+        self._failed: deque[int] = deque()
+        self._slow: deque[int] = deque()
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
-        index = self._index
-        if self.total == self.size:
-            old = self._ring[index]
-            self.failures -= old & _FAILED
-            self.slow -= old >> 1
-        else:
-            self.total += 1
-        self._ring[index] = failed | (slow << 1)
-        self.failures += failed
-        self.slow += slow
-        self._index = index + 1 if index + 1 < self.size else 0
+        self.seq = seq = self.seq + 1
+        if failed:
+            self._failed.append(seq)
+        if slow:
+            self._slow.append(seq)
 
     def totals(self, now: float) -> tuple[int, int, int]:
         """``(calls, failures, slow calls)`` in the window."""
-        return self.total, self.failures, self.slow
+        oldest_kept = self.seq - self.size
+        for numbers in (self._failed, self._slow):
+            while numbers and numbers[0] <= oldest_kept:
+                numbers.popleft()
+        return min(self.seq, self.size), len(self._failed), len(self._slow)
 
     def reset(self) -> None:
-        self._ring = bytearray(self.size)
-        self._index = self.total = self.failures = self.slow = 0
+        self.seq = 0
+        self._failed.clear()
+        self._slow.clear()
 
 
 class TimeWindow:
