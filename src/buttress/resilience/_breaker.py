@@ -8,6 +8,7 @@ protected function between them, so sync and async share every decision.
 from __future__ import annotations
 
 import enum
+import itertools
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ class CircuitMetrics:
     """Seconds until an open breaker lets a probe through; 0.0 unless open."""
     forced_open: bool
     disabled: bool
+
+
+def _issued(tickets: itertools.count[int]) -> int:
+    """How many tickets were taken, read without taking one.
+
+    ``repr`` is the one way to read an ``itertools.count`` without advancing it.
+    """
+    return int(repr(tickets)[6:-1]) - 1
 
 
 def _counts_by_default(exc: BaseException) -> bool:
@@ -175,14 +184,8 @@ class CircuitBreaker(Strategy):
         self._result_is_failure = on_result
         self._clock = resolve_clock(clock)
         self._timed = self._slow_duration is not None
-        # The hot path: a success in a CLOSED breaker with a count window, no
-        # slow-call rule, no result predicate and no listeners. It reads no clock
-        # and builds nothing; ``_quiet`` says whether it applies.
-        self._count_window = self._window if isinstance(self._window, CountWindow) else None
-        self._hot_window = self._count_window or CountWindow(1)  # typed for the hot path only
         self._listeners = Listeners()
         self._lock = threading.Lock()
-        self._update_quiet()
 
         self._state = _CLOSED
         # Every transition (and every reclaim of half-open permits) starts a new
@@ -192,11 +195,20 @@ class CircuitBreaker(Strategy):
         self._disabled = False
         self._opened_at = 0.0
         self._last_transition_at: float | None = None
-        self._consecutive_failures = 0
         self._half_open_in_flight = 0
         self._half_open_successes = 0
         self._last_permit_at = 0.0
-        self._successes = self._failures = self._ignored = self._rejections = self._slow = 0
+        # Every success and failure takes a ticket. Taking one is a single atomic
+        # C call, so a success in a quiet CLOSED breaker (the hot path) needs no
+        # lock, no clock and no allocation; failures, taken under the lock,
+        # compare tickets to tell whether they are consecutive.
+        self._tickets = itertools.count(1)
+        self._take_ticket = self._tickets.__next__
+        self._ticket_base = 0
+        self._last_failure_ticket = -1
+        self._consecutive_failures = 0
+        self._failures = self._ignored = self._rejections = self._slow = 0
+        self._update_fast_path()
         if registry is not None:
             registry.register(self)
 
@@ -225,78 +237,90 @@ class CircuitBreaker(Strategy):
 
         Listeners run outside the lock, on the thread that made the call.
         """
-        self._listeners.add(listener)
-        self._update_quiet()
+        with self._lock:
+            self._listeners.add(listener)
+            self._update_fast_path()
 
     def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
-        self._update_quiet()
+        with self._lock:
+            self._listeners.remove(listener)
+            self._update_fast_path()
 
-    def _update_quiet(self) -> None:
-        self._quiet = (
-            self._count_window is not None
+    def _update_fast_path(self) -> None:
+        # The fast path serves a CLOSED breaker whose successes need nothing but
+        # a ticket: a count window, no slow-call rule, no result predicate, no
+        # listeners. Kept up to date under the lock with everything it reads.
+        self._fast = (
+            self._state is _CLOSED
+            and isinstance(self._window, CountWindow)
             and not self._timed
             and self._result_is_failure is None
             and not self._listeners
         )
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run ``fn(*args, **kwargs)`` through the breaker."""
-        epoch = self._epoch if self._state is _CLOSED else self._admit()
+        if not self._fast:
+            return self._run_guarded(fn, args, kwargs)
+        epoch = self._epoch
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record_exception(epoch, 0.0, exc)
+            raise
+        self._take_ticket()
+        return result
+
+    def _run_guarded(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        epoch = self._admit()
         start = self._clock.now() if self._timed else 0.0
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._record_exception(epoch, start, exc)
             raise
-        if self._quiet:
-            with self._lock:
-                if self._state is _CLOSED and epoch == self._epoch:
-                    self._successes += 1
-                    self._consecutive_failures = 0
-                    self._hot_window.seq += 1
-                    return result
         self._record_result(epoch, start, result)
         return result
 
     async def _run_async(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Await ``fn(*args, **kwargs)`` through the breaker."""
-        epoch = self._epoch if self._state is _CLOSED else self._admit()
+        fast = self._fast
+        epoch = self._epoch if fast else self._admit()
         start = self._clock.now() if self._timed else 0.0
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             self._record_exception(epoch, start, exc)
             raise
-        if self._quiet:
-            with self._lock:
-                if self._state is _CLOSED and epoch == self._epoch:
-                    self._successes += 1
-                    self._consecutive_failures = 0
-                    self._hot_window.seq += 1
-                    return result
-        self._record_result(epoch, start, result)
+        if fast:
+            self._take_ticket()
+        else:
+            self._record_result(epoch, start, result)
         return result
 
     def metrics(self) -> CircuitMetrics:
         state = self.state  # applies a due OPEN -> HALF_OPEN first
         with self._lock:
             now = self._clock.now()
-            total, failures, slow = self._window.totals(now)
+            issued = _issued(self._tickets)
+            total, failures, slow = self._window.totals(now, issued)
+            outcomes = issued - self._ticket_base
             return CircuitMetrics(
                 name=self._name,
                 state=state,
-                calls=self._successes + self._failures + self._ignored,
-                successes=self._successes,
+                calls=outcomes + self._ignored,
+                successes=outcomes - self._failures,
                 failures=self._failures,
                 ignored=self._ignored,
                 rejections=self._rejections,
                 slow_calls=self._slow,
                 failure_rate=failures / total if total else 0.0,
                 slow_call_rate=slow / total if total else 0.0,
-                consecutive_failures=self._consecutive_failures,
+                consecutive_failures=(
+                    self._consecutive_failures if self._last_failure_ticket == issued else 0
+                ),
                 last_transition_at=self._last_transition_at,
                 retry_after=self._retry_after(now) if self._state is _OPEN else 0.0,
                 forced_open=self._forced_open,
@@ -307,8 +331,8 @@ class CircuitBreaker(Strategy):
         """Close the breaker, clear its window and counters, undo ``force_open``/``disable``."""
         with self._lock:
             self._forced_open = self._disabled = False
-            self._window.reset()
-            self._successes = self._failures = self._ignored = self._rejections = self._slow = 0
+            self._ticket_base = _issued(self._tickets)
+            self._failures = self._ignored = self._rejections = self._slow = 0
             changed = self._transition(_CLOSED, self._clock.now())
         if changed:
             self._emit_transition(*changed)
@@ -338,14 +362,16 @@ class CircuitBreaker(Strategy):
         previous = self._state
         self._epoch += 1
         self._consecutive_failures = 0
+        self._last_failure_ticket = -1
         self._half_open_in_flight = self._half_open_successes = 0
         if to is _OPEN:
             self._opened_at = now
         if to is not _HALF_OPEN:
-            self._window.reset()
+            self._window.reset(_issued(self._tickets))
+        self._state = to
+        self._update_fast_path()
         if previous is to:
             return None
-        self._state = to
         self._last_transition_at = now
         return previous, to
 
@@ -408,9 +434,8 @@ class CircuitBreaker(Strategy):
     def _record_result(self, epoch: int, start: float, result: object) -> None:
         predicate = self._result_is_failure
         failed = predicate is not None and bool(predicate(result))
-        self._record(
-            epoch, start, failed=failed, kind="failure" if failed else "success", detail=result
-        )
+        kind = "failure" if failed else "success"
+        self._record(epoch, start, failed=failed, kind=kind, detail=result)
 
     def _record_exception(self, epoch: int, start: float, exc: BaseException) -> None:
         if self._counts_as_failure(exc):
@@ -429,14 +454,18 @@ class CircuitBreaker(Strategy):
         with self._lock:
             if failed is None:
                 self._ignored += 1
-            elif failed:
-                self._failures += 1
+                ticket = 0
             else:
-                self._successes += 1
+                ticket = self._take_ticket()
+                if failed:
+                    self._failures += 1
+                    follows = ticket == self._last_failure_ticket + 1
+                    self._consecutive_failures = self._consecutive_failures + 1 if follows else 1
+                    self._last_failure_ticket = ticket
             self._slow += slow
             if epoch == self._epoch and not self._disabled:
                 if self._state is _CLOSED:
-                    changed = self._closed_outcome(now, failed, slow)
+                    changed = self._closed_outcome(now, ticket, failed, slow)
                 elif self._state is _HALF_OPEN:
                     changed = self._half_open_outcome(now, failed, slow)
         if self._listeners:
@@ -446,22 +475,19 @@ class CircuitBreaker(Strategy):
             self._emit_transition(*changed)
 
     def _closed_outcome(
-        self, now: float, failed: bool | None, slow: bool
+        self, now: float, ticket: int, failed: bool | None, slow: bool
     ) -> tuple[CircuitState, CircuitState] | None:
         if failed is None:
             return None
-        self._window.record(now, failed, slow)
-        if failed:
-            self._consecutive_failures += 1
-            if (
-                self._failure_threshold is not None
-                and self._consecutive_failures >= self._failure_threshold
-            ):
-                return self._transition(_OPEN, now)
-        else:
-            self._consecutive_failures = 0
+        self._window.record(now, ticket, failed, slow)
+        if (
+            failed
+            and self._failure_threshold is not None
+            and self._consecutive_failures >= self._failure_threshold
+        ):
+            return self._transition(_OPEN, now)
         if failed or slow:
-            total, failures, slow_calls = self._window.totals(now)
+            total, failures, slow_calls = self._window.totals(now, ticket)
             if total >= self._minimum_calls and (
                 (self._rate_threshold is not None and failures / total >= self._rate_threshold)
                 or (self._timed and slow_calls / total >= self._slow_rate_threshold)

@@ -9,6 +9,7 @@ newcomer never jumps the queue.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -101,7 +102,11 @@ class Bulkhead(Strategy):
         self._clock = resolve_clock(clock)
         self._listeners = Listeners()
         self._lock = threading.Lock()
-        self._active = 0
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(self._max_concurrent):
+            self._slots.put(None)
+        self._take_slot = self._slots.get_nowait
+        self._return_slot = self._slots.put
         self._rejected = 0
         self._queue: deque[_Waiter] = deque()
         if name is not None and registry is not None:
@@ -112,7 +117,8 @@ class Bulkhead(Strategy):
         return self._name
 
     def __repr__(self) -> str:
-        return f"<Bulkhead {self._name!r} {self._active}/{self._max_concurrent} active>"
+        active = self._max_concurrent - self._slots.qsize()
+        return f"<Bulkhead {self._name!r} {active}/{self._max_concurrent} active>"
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` on each ``rejected`` event."""
@@ -127,18 +133,20 @@ class Bulkhead(Strategy):
                 self._name,
                 self._max_concurrent,
                 self._max_queue,
-                self._active,
+                self._max_concurrent - self._slots.qsize(),
                 len(self._queue),
                 self._rejected,
             )
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run ``fn`` once a slot is free."""
-        waiter = self._enter(lambda: _Waiter(event=threading.Event()))
-        if waiter is not None:
-            assert waiter.event is not None
-            self._clock.wait(waiter.event, self._queue_timeout)
-            self._settle(waiter, cancelled=False)
+        try:
+            self._take_slot()
+        except queue.Empty:
+            waiter = self._join_queue(lambda: _Waiter(event=threading.Event()))
+            if waiter is not None:
+                assert waiter.event is not None
+                self._clock.wait(waiter.event, self._queue_timeout)
+                self._settle(waiter, cancelled=False)
         try:
             return fn(*args, **kwargs)
         finally:
@@ -147,38 +155,56 @@ class Bulkhead(Strategy):
     async def _run_async(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Await ``fn`` once a slot is free."""
-        loop = asyncio.get_running_loop()
-        waiter = self._enter(lambda: _Waiter(future=loop.create_future()))
-        if waiter is not None:
-            assert waiter.future is not None
-            try:
-                async with Deadline(self._queue_timeout, self._clock):
-                    await waiter.future
-            except TimeoutError:
-                self._settle(waiter, cancelled=False)
-            except BaseException:
-                self._settle(waiter, cancelled=True)
-                raise
+        try:
+            self._take_slot()
+        except queue.Empty:
+            loop = asyncio.get_running_loop()
+            waiter = self._join_queue(lambda: _Waiter(future=loop.create_future()))
+            if waiter is not None:
+                assert waiter.future is not None
+                try:
+                    async with Deadline(self._queue_timeout, self._clock):
+                        await waiter.future
+                except TimeoutError:
+                    self._settle(waiter, cancelled=False)
+                except BaseException:
+                    self._settle(waiter, cancelled=True)
+                    raise
         try:
             return await fn(*args, **kwargs)
         finally:
             self._release()
 
     # -- admission, shared by threads and tasks ---------------------------------------
+    #
+    # Free slots are tokens in a SimpleQueue, whose get and put are atomic C calls:
+    # the common case, a free slot, takes no lock. Only waiting takes the lock.
 
-    def _enter(self, make_waiter: Callable[[], _Waiter]) -> _Waiter | None:
-        """Take a slot (None), or join the queue (the waiter), or raise when full."""
+    def _join_queue(self, make_waiter: Callable[[], _Waiter]) -> _Waiter | None:
+        """Queue up for a slot (the waiter), get one after all (None), or raise when full."""
         with self._lock:
-            if self._active < self._max_concurrent and not self._queue:
-                self._active += 1
-                return None
-            if len(self._queue) < self._max_queue:
+            if len(self._queue) >= self._max_queue:
+                self._rejected += 1
+                full = True
+            else:
+                full = False
                 waiter = make_waiter()
                 self._queue.append(waiter)
-                return waiter
-            self._rejected += 1
-        raise self._full(timed_out=False)
+        if full:
+            raise self._full(timed_out=False)
+        # A slot freed between the failed take and joining the queue went back
+        # to the pool, not to this waiter: look once more.
+        try:
+            self._take_slot()
+        except queue.Empty:
+            return waiter
+        with self._lock:
+            handed_over = waiter.granted
+            if not handed_over:
+                self._queue.remove(waiter)
+        if handed_over:
+            self._release()  # it holds two slots now: one goes back
+        return None
 
     def _settle(self, waiter: _Waiter, *, cancelled: bool) -> None:
         """After a wait ended: keep a slot that was handed over, or leave the queue.
@@ -198,14 +224,15 @@ class Bulkhead(Strategy):
             raise self._full(timed_out=True)
 
     def _release(self) -> None:
-        with self._lock:
-            if self._queue:
-                waiter = self._queue.popleft()
-                waiter.granted = True  # the slot passes on; active stays the same
-            else:
-                self._active -= 1
+        if self._queue:
+            with self._lock:
+                waiter = self._queue.popleft() if self._queue else None
+                if waiter is not None:
+                    waiter.granted = True  # the slot passes straight on
+            if waiter is not None:
+                waiter.wake()
                 return
-        waiter.wake()
+        self._return_slot(None)
 
     def _full(self, *, timed_out: bool) -> BulkheadFullError:
         if self._listeners:

@@ -14,38 +14,38 @@ __all__ = ["CountWindow", "TimeWindow"]
 
 
 class CountWindow:
-    """The last ``size`` calls.
+    """The last ``size`` calls, counted in tickets.
 
-    Only failures and slow calls are stored, as the sequence numbers of the calls
-    they were; a success just bumps the sequence. Numbers that fall out of the
-    window drop off the front. That makes a success (the hot path) one increment.
+    The breaker gives every completed call a ticket number. A success needs no
+    entry here at all; failures and slow calls are kept as their ticket numbers,
+    and numbers older than the last ``size`` tickets drop off the front. So the
+    hot path, a success, costs the window nothing.
     """
 
-    __slots__ = ("_failed", "_slow", "seq", "size")
+    __slots__ = ("_failed", "_slow", "size", "start")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.seq = 0
+        self.start = 0  # tickets up to this one belong to an earlier window
         self._failed: deque[int] = deque()
         self._slow: deque[int] = deque()
 
-    def record(self, now: float, failed: bool, slow: bool) -> None:
-        self.seq = seq = self.seq + 1
+    def record(self, now: float, ticket: int, failed: bool, slow: bool) -> None:
         if failed:
-            self._failed.append(seq)
+            self._failed.append(ticket)
         if slow:
-            self._slow.append(seq)
+            self._slow.append(ticket)
 
-    def totals(self, now: float) -> tuple[int, int, int]:
-        """``(calls, failures, slow calls)`` in the window."""
-        oldest_kept = self.seq - self.size
+    def totals(self, now: float, issued: int) -> tuple[int, int, int]:
+        """``(calls, failures, slow calls)`` in the window, ``issued`` tickets given so far."""
+        oldest_kept = max(issued - self.size, self.start)
         for numbers in (self._failed, self._slow):
             while numbers and numbers[0] <= oldest_kept:
                 numbers.popleft()
-        return min(self.seq, self.size), len(self._failed), len(self._slow)
+        return min(issued - self.start, self.size), len(self._failed), len(self._slow)
 
-    def reset(self) -> None:
-        self.seq = 0
+    def reset(self, issued: int) -> None:
+        self.start = issued
         self._failed.clear()
         self._slow.clear()
 
@@ -82,7 +82,7 @@ class TimeWindow:
             bucket[0] = bucket[1] = bucket[2] = 0
         self._epoch = epoch
 
-    def record(self, now: float, failed: bool, slow: bool) -> None:
+    def record(self, now: float, ticket: int, failed: bool, slow: bool) -> None:
         self._expire(now)
         bucket = self._buckets[self._epoch % self._count]
         bucket[0] += 1
@@ -92,11 +92,11 @@ class TimeWindow:
         self.failures += failed
         self.slow += slow
 
-    def totals(self, now: float) -> tuple[int, int, int]:
+    def totals(self, now: float, issued: int) -> tuple[int, int, int]:
         self._expire(now)
         return self.total, self.failures, self.slow
 
-    def reset(self) -> None:
+    def reset(self, issued: int) -> None:
         for bucket in self._buckets:
             bucket[0] = bucket[1] = bucket[2] = 0
         self.total = self.failures = self.slow = 0
