@@ -167,16 +167,18 @@ class ManualClock:
             raise ValueError(f"ManualClock.advance_async: seconds must be >= 0, got {seconds!r}")
         target = self._now + seconds
         while True:
+            # Let ready tasks run first: they may be about to start a sleep.
+            for _ in range(yields):
+                await asyncio.sleep(0)
             with self._lock:
                 pending = [d for d, _, s in self._sleepers if not s.woken and d <= target]
-                step_to = min(pending) if pending else target
-                self._now = max(self._now, step_to)
+                self._now = max(self._now, min(pending) if pending else target)
                 due = self._pop_due()
             for sleeper in due:
                 sleeper.wake()
-            for _ in range(yields):
-                await asyncio.sleep(0)
             if not pending:
+                for _ in range(yields):
+                    await asyncio.sleep(0)
                 return
 
     def _pop_due(self) -> list[_Sleeper]:

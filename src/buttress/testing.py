@@ -38,6 +38,9 @@ def testing_mode(*, attempts: int | None = None, cap: bool = False) -> Iterator[
             set_testing(True, attempts=before.attempts, cap=before.cap)
 
 
+testing_mode.__test__ = False  # type: ignore[attr-defined]  # pytest must not collect it
+
+
 class _Observable(Protocol):
     def add_listener(self, listener: Listener) -> None: ...
     def remove_listener(self, listener: Listener) -> None: ...

@@ -451,6 +451,7 @@ def retry(
     before_sleep: Callable[[RetryAttempt], object] | None = None,
     name: str | None = None,
     clock: Clock | None = None,
+    rng: random.Random | None = None,
 ) -> Retry:
     """Make a :class:`Retry`, as a decorator: ``@retry(attempts=3, on=(ConnectionError,))``."""
     return Retry(
@@ -467,4 +468,5 @@ def retry(
         before_sleep=before_sleep,
         name=name,
         clock=clock,
+        rng=rng,
     )
