@@ -258,12 +258,15 @@ def build_pipeline(
         # Scaled so that a short demo still shows an open breaker probing and closing.
         recovery_timeout=min(2.0, max(0.1, duration / 10)),
         success_threshold=3,
+        # Only the upstream's failures say it is unhealthy. The default would also
+        # count the bulkhead below shedding load, and open on our own congestion.
+        on=(ConnectionError, TimeoutError),
         clock=clock,
         registry=None,
     )
     timeout = Timeout(TIMEOUT_SECONDS, name="demo-timeout", clock=clock, registry=None)
     # Fewer slots than clients, so that latency spikes fill it and it sheds load.
-    slots = max(1, concurrency * 3 // 4)
+    slots = max(1, concurrency * 5 // 8)
     bulkhead = Bulkhead(
         slots,
         max_queue=max(1, concurrency // 4),
@@ -331,10 +334,12 @@ def render_table(snapshot: Snapshot) -> Table:
         caption="calls flow top to bottom: fallback › retry › breaker › timeout › bulkhead",
         caption_justify="left",
         box=box.SIMPLE_HEAVY,
+        pad_edge=False,
     )
-    table.add_column("strategy", style="bold", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("counters")
+    # Widths fixed to the longest values, so the table does not jump as they change.
+    table.add_column("strategy", style="bold", no_wrap=True, min_width=13)
+    table.add_column("state", no_wrap=True, min_width=9)
+    table.add_column("counters", no_wrap=True, min_width=51)
     fallback, retry, breaker = snapshot.fallback, snapshot.retry, snapshot.breaker
     bulkhead = snapshot.bulkhead
     table.add_row(
@@ -358,7 +363,7 @@ def render_table(snapshot: Snapshot) -> Table:
             ("calls", breaker.calls),
             ("failed", breaker.failures),
             ("rejected", breaker.rejections),
-            ("failure rate", f"{breaker.failure_rate:.0%}"),
+            ("fail rate", f"{breaker.failure_rate:.0%}"),
         ),
     )
     table.add_row(
@@ -402,7 +407,8 @@ class DemoStats:
 
     answered_by: Counter[str] = field(default_factory=Counter)
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    """Seconds each answered request took, by who answered it."""
     state_changes: list[StateChange] = field(default_factory=list)
 
     @property
@@ -411,13 +417,16 @@ class DemoStats:
 
     def record(self, reply: Reply, latency: float) -> None:
         self.answered_by[reply.source] += 1
-        self.latencies.append(latency)
+        self.latencies.setdefault(reply.source, []).append(latency)
 
-    def percentile(self, fraction: float) -> float:
-        """Nearest-rank percentile of the latencies, in seconds; 0.0 with none."""
-        if not self.latencies:
+    def percentile(self, fraction: float, *, source: str | None = None) -> float:
+        """Nearest-rank percentile of the latencies (of one ``source``), in seconds; 0.0 if none."""
+        if source is None:
+            ordered = sorted(itertools.chain.from_iterable(self.latencies.values()))
+        else:
+            ordered = sorted(self.latencies.get(source, ()))
+        if not ordered:
             return 0.0
-        ordered = sorted(self.latencies)
         rank = max(1, math.ceil(fraction * len(ordered)))
         return ordered[rank - 1]
 
@@ -448,10 +457,9 @@ def render_summary(result: DemoResult) -> Table:
     table.add_row("answered by fallback", share(stats.answered_by["fallback"]))
     if stats.errors:
         table.add_row("failed outright", Text(share(stats.errors), style="red"))
-    table.add_row(
-        "latency p50 / p99",
-        f"{stats.percentile(0.5) * 1000:.1f} ms / {stats.percentile(0.99) * 1000:.1f} ms",
-    )
+    for label, source in (("", None), (", upstream", "upstream"), (", fallback", "fallback")):
+        p50, p99 = (stats.percentile(q, source=source) * 1000 for q in (0.5, 0.99))
+        table.add_row(f"latency p50 / p99{label}", f"{p50:.1f} ms / {p99:.1f} ms")
     changes = Text()
     for change in stats.state_changes:
         if changes:

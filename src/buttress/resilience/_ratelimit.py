@@ -183,11 +183,12 @@ class RateLimiter(Strategy):
             self._rotate(now)
             tat = self._current.get(key)
             if tat is None:
-                tat = self._previous.pop(key, now)
+                tat = self._previous.get(key, now)
             new_tat = (tat if tat > now else now) + cost * self._interval
             wait = new_tat - self._horizon - now
             if wait <= max_wait:
                 self._current[key] = new_tat
+                self._previous.pop(key, None)  # the key moved to the young generation
                 self._current_latest = max(self._current_latest, new_tat)
                 self._allowed += 1
                 return wait if wait > 0 else 0.0
