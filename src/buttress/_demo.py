@@ -322,7 +322,7 @@ def _counters(*pairs: tuple[str, object]) -> Text:
     return text
 
 
-_NO_STATE = Text("–", style="dim")
+_NO_STATE = Text("-", style="dim")
 
 
 def render_table(snapshot: Snapshot) -> Table:
@@ -331,7 +331,7 @@ def render_table(snapshot: Snapshot) -> Table:
     table = Table(
         title=f"buttress demo  {elapsed:4.1f}s / {snapshot.duration:g}s",
         title_justify="left",
-        caption="calls flow top to bottom: fallback › retry › breaker › timeout › bulkhead",
+        caption="calls flow top to bottom: fallback → retry → breaker → timeout → bulkhead",
         caption_justify="left",
         box=box.SIMPLE_HEAVY,
         pad_edge=False,

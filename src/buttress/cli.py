@@ -22,7 +22,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from buttress import __version__
+        from buttress import __version__  # noqa: PLC0415 - see the module docstring
 
         typer.echo(f"buttress {__version__}")
         raise typer.Exit
@@ -59,7 +59,7 @@ def demo(
     ] = 16,
 ) -> None:
     """Watch a resilience pipeline ride out a simulated upstream's outage, live."""
-    from buttress._demo import run_demo
+    from buttress._demo import run_demo  # noqa: PLC0415 - rich loads only for the demo
 
     result = run_demo(duration=duration, seed=seed, concurrency=concurrency)
     if result.interrupted:

@@ -1,8 +1,13 @@
 """CircuitBreaker: when it opens, how it recovers, what it counts and reports."""
 
+# These tests read breaker.state before and after acting on the breaker; mypy
+# would narrow the property at the first assert and flag the second.
+# mypy: disable-error-code="comparison-overlap, unreachable"
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -235,9 +240,7 @@ async def test_half_open_admits_only_its_permits(clock: ManualClock) -> None:
 
 async def test_leaked_permit_is_reclaimed_after_its_time_limit(clock: ManualClock) -> None:
     """A probe that never returns cannot wedge the breaker past half_open_permit_timeout."""
-    breaker = make(
-        clock, failure_threshold=1, recovery_timeout=5, half_open_permit_timeout=60
-    )
+    breaker = make(clock, failure_threshold=1, recovery_timeout=5, half_open_permit_timeout=60)
     trip(breaker, 1)
     clock.advance(5)
     hung = asyncio.Event()
@@ -306,7 +309,9 @@ def test_listeners_see_transitions_outside_the_lock(clock: ManualClock) -> None:
     def listener(event: ResilienceEvent) -> None:
         if event.kind == "state_change":
             # metrics() takes the lock: this would deadlock if run under it.
-            seen.append((event.attributes["previous"], event.attributes["state"], breaker.metrics().state))
+            seen.append(
+                (event.attributes["previous"], event.attributes["state"], breaker.metrics().state)
+            )
 
     breaker.add_listener(listener)
     trip(breaker, 1)
@@ -460,10 +465,8 @@ def test_threads_share_one_breaker_with_exact_counts() -> None:
     def worker(index: int) -> None:
         for call in range(per_thread):
             if (call + index) % 10 == 0:
-                try:
+                with contextlib.suppress(ConnectionError):
                     breaker.call(fail)
-                except ConnectionError:
-                    pass
             else:
                 breaker.call(ok)
 

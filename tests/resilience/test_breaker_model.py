@@ -77,7 +77,9 @@ class BreakerMachine(RuleBasedStateMachine):
         recovery_timeout=st.sampled_from([0.0, 1.0, 5.0, 30.0]),
         success_threshold=st.integers(1, 3),
     )
-    def setup(self, failure_threshold: int, recovery_timeout: float, success_threshold: int) -> None:
+    def setup(
+        self, failure_threshold: int, recovery_timeout: float, success_threshold: int
+    ) -> None:
         self.clock = ManualClock()
         self.breaker = CircuitBreaker(
             "model",
@@ -143,4 +145,3 @@ def test_model_itself_opens_and_recovers() -> None:
     model.now = 5
     assert model.call("success") is False
     assert CircuitState.CLOSED == model.current()
-

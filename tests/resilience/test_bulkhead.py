@@ -47,7 +47,11 @@ async def test_full_bulkhead_without_queue_rejects_at_once() -> None:
         await bulkhead.call_async(gate.wait)
     assert "db" == raised.value.name
     assert not raised.value.timed_out
-    assert (2, 0, 1) == (bulkhead.metrics().active, bulkhead.metrics().queued, bulkhead.metrics().rejected)
+    assert (2, 0, 1) == (
+        bulkhead.metrics().active,
+        bulkhead.metrics().queued,
+        bulkhead.metrics().rejected,
+    )
     gate.set()
     await asyncio.gather(*holders)
     assert 0 == bulkhead.metrics().active
@@ -143,7 +147,11 @@ def test_threads_never_exceed_max_concurrent() -> None:
     for thread in threads:
         thread.join()
     assert peak <= 3
-    assert (0, 0, 0) == (bulkhead.metrics().active, bulkhead.metrics().queued, bulkhead.metrics().rejected)
+    assert (0, 0, 0) == (
+        bulkhead.metrics().active,
+        bulkhead.metrics().queued,
+        bulkhead.metrics().rejected,
+    )
 
 
 def test_thread_waiter_gets_the_released_slot(clock: ManualClock) -> None:

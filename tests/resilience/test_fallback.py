@@ -11,7 +11,7 @@ from buttress.resilience import Fallback
 from buttress.testing import capture_events
 
 
-def broken() -> list[int]:
+def broken() -> object:
     raise ConnectionError("db down")
 
 
@@ -54,7 +54,9 @@ def test_when_the_whole_chain_fails_the_original_comes_through_with_notes() -> N
 
     with pytest.raises(ConnectionError, match="db down") as raised:
         fallback(cold, name="orders")(broken)()
-    assert ["buttress.fallback 'orders': fallback #1 raised KeyError('cold')"] == raised.value.__notes__
+    assert [
+        "buttress.fallback 'orders': fallback #1 raised KeyError('cold')"
+    ] == raised.value.__notes__
 
 
 def test_on_limits_what_falls_back() -> None:

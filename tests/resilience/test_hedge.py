@@ -44,7 +44,11 @@ async def test_fast_answer_starts_no_hedge(clock: ManualClock) -> None:
     await clock.advance_async(0.01)
     assert "ok from attempt 0" == await task
     assert [0.0] == replicas.started
-    assert (1, 0, 0) == (policy.metrics().calls, policy.metrics().hedges, policy.metrics().hedge_wins)
+    assert (1, 0, 0) == (
+        policy.metrics().calls,
+        policy.metrics().hedges,
+        policy.metrics().hedge_wins,
+    )
 
 
 async def test_slow_first_try_is_raced_and_the_winner_cancels_the_rest(clock: ManualClock) -> None:

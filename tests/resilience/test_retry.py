@@ -92,9 +92,14 @@ def test_on_predicate_chooses_what_is_retried() -> None:
 def test_result_predicate_retries_bad_results_and_returns_the_last() -> None:
     """on_result retries while the result is bad; when attempts run out the last result stands."""
     answers = iter([None, None, 7])
-    assert 7 == retry(attempts=3, on_result=lambda r: r is None, clock=jump())(lambda: next(answers))()
+    assert (
+        7 == retry(attempts=3, on_result=lambda r: r is None, clock=jump())(lambda: next(answers))()
+    )
     nones = iter([None, None, None, 1])
-    assert retry(attempts=3, on_result=lambda r: r is None, clock=jump())(lambda: next(nones))() is None
+    assert (
+        retry(attempts=3, on_result=lambda r: r is None, clock=jump())(lambda: next(nones))()
+        is None
+    )
 
 
 def delays_of(**options: Any) -> list[float]:
@@ -136,7 +141,9 @@ def test_jitter_stays_within_its_range(jitter: str, low: float, high: float) -> 
 
 def test_decorrelated_jitter_grows_from_the_last_wait_and_respects_the_cap() -> None:
     """Decorrelated waits lie between wait_initial and three times the last wait, capped."""
-    waits = delays_of(wait_initial=0.1, wait_max=2.0, wait_jitter="decorrelated", rng=random.Random(3))
+    waits = delays_of(
+        wait_initial=0.1, wait_max=2.0, wait_jitter="decorrelated", rng=random.Random(3)
+    )
     previous = 0.0
     for wait in waits:
         assert 0.1 <= wait <= min(2.0, max(0.1, previous * 3))
@@ -227,9 +234,14 @@ def test_before_sleep_hook_sees_each_retry() -> None:
     """The hook learns the attempt number, the wait and the exception."""
     seen: list[RetryAttempt] = []
     error = ConnectionError("x")
-    retry(attempts=2, wait_initial=0.5, wait_jitter="none", clock=jump(), before_sleep=seen.append, name="r")(
-        Flaky(error)
-    )()
+    retry(
+        attempts=2,
+        wait_initial=0.5,
+        wait_jitter="none",
+        clock=jump(),
+        before_sleep=seen.append,
+        name="r",
+    )(Flaky(error))()
     assert [("r", 1, 0.5, error)] == [(a.name, a.attempt, a.delay, a.exception) for a in seen]
 
 

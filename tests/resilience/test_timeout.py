@@ -74,8 +74,9 @@ def test_sync_call_returns_its_value_and_exceptions() -> None:
     """A sync call runs in a worker thread; its value and its errors come back."""
     limit = timeout(5)
     assert threading.get_ident() != limit.call(threading.get_ident)
+    empty: dict[str, int] = {}
     with pytest.raises(KeyError):
-        limit.call({}.__getitem__, "missing")
+        limit.call(empty.__getitem__, "missing")
 
 
 def test_sync_caller_stops_waiting_at_the_deadline(clock: ManualClock) -> None:
