@@ -354,6 +354,33 @@ def test_events_are_not_built_without_listeners(
     assert [] == built
 
 
+def test_listeners_can_choose_event_kinds(clock: ManualClock) -> None:
+    """A listener for state changes only gets those, and successes stay on the fast path."""
+    breaker = make(clock, failure_threshold=1)
+    changes: list[ResilienceEvent] = []
+    breaker.add_listener(changes.append, kinds={"state_change"})
+    breaker.call(ok)
+    assert breaker._fast  # nobody wants success events
+    trip(breaker, 1)
+    assert ["state_change"] == [e.kind for e in changes]
+    breaker.remove_listener(changes.append)
+    with pytest.raises(ValueError, match="is not a listener here"):
+        breaker.remove_listener(changes.append)
+
+
+def test_failure_rate_that_opened_it_stays_visible(clock: ManualClock) -> None:
+    """While open, metrics still show the window that tripped it; closing clears it."""
+    breaker = make(clock, failure_threshold=2, recovery_timeout=1)
+    breaker.call(ok)
+    breaker.call(ok)
+    trip(breaker, 2)
+    assert 0.5 == breaker.metrics().failure_rate
+    clock.advance(1)
+    breaker.call(ok)
+    assert CircuitState.CLOSED == breaker.state
+    assert 0.0 == breaker.metrics().failure_rate
+
+
 def test_a_failing_listener_does_not_break_the_call(clock: ManualClock) -> None:
     """A listener that raises is logged and the call goes on."""
     breaker = make(clock)

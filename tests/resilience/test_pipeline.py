@@ -14,6 +14,7 @@ from buttress import (
     BulkheadFullError,
     CircuitBreaker,
     CircuitOpenError,
+    CircuitState,
     Pipeline,
     fallback,
     retry,
@@ -148,16 +149,48 @@ def test_metrics_gather_each_named_strategy() -> None:
     assert "pm" == metrics["pm"].name
 
 
-def test_breaker_rejection_passes_through_a_default_retry_quickly() -> None:
-    """An open breaker's retry_after hint sets the retry's wait."""
+def test_open_breaker_fails_fast_through_a_default_retry() -> None:
+    """By default a retry does not wait out an open breaker: the rejection comes straight back."""
+    clock = ManualClock(autojump=True)
+    breaker = CircuitBreaker("fast", recovery_timeout=5, clock=clock, registry=None)
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        Pipeline(retry(attempts=2, clock=clock), breaker).call(lambda: "x")
+    assert (0.0, 1) == (clock.now(), breaker.metrics().rejections)
+
+
+def test_retry_told_to_retry_an_open_breaker_waits_its_retry_after() -> None:
+    """With on=CircuitOpenError, the retry waits as long as the breaker says."""
     clock = ManualClock(autojump=True)
     breaker = CircuitBreaker(
         "hint", failure_threshold=1, recovery_timeout=5, clock=clock, registry=None
     )
-    breaker.force_open()
-    with pytest.raises(CircuitOpenError):
-        Pipeline(retry(attempts=2, clock=clock), breaker).call(lambda: "x")
+    with pytest.raises(ConnectionError):
+        breaker.call(_refuse)
+    policy = retry(attempts=2, on=(CircuitOpenError, ConnectionError), clock=clock)
+    assert "x" == Pipeline(policy, breaker).call(lambda: "x")
     assert 5.0 == clock.now()
+
+
+def _refuse() -> None:
+    raise ConnectionError("refused")
+
+
+def test_inner_rejections_do_not_trip_an_outer_breaker() -> None:
+    """A full bulkhead inside a breaker is load shedding, not a failing dependency."""
+    breaker = CircuitBreaker("outer", failure_threshold=1, registry=None)
+    bulkhead = Bulkhead(1, registry=None)
+    guarded = Pipeline(breaker, bulkhead)
+
+    @guarded
+    def outer() -> str:
+        with pytest.raises(BulkheadFullError):
+            guarded.call(str)
+        return "done"
+
+    assert "done" == outer()
+    assert CircuitState.CLOSED == breaker.state
+    assert 1 == breaker.metrics().ignored
 
 
 @pytest.mark.parametrize(

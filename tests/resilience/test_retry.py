@@ -296,12 +296,25 @@ def test_sync_retry_blocks_on_the_clock_in_a_thread() -> None:
 
 
 def test_retry_outside_a_breaker_counts_each_attempt_once() -> None:
-    """Each attempt is one call to the breaker; an open breaker's rejection is retried too."""
+    """Each attempt is one call to the breaker, counted once."""
     breaker = CircuitBreaker("inner", failure_threshold=10, registry=None)
     flaky = Flaky(ConnectionError("1"), ConnectionError("2"))
     assert "ok" == retry(attempts=3, clock=jump())(breaker(flaky))()
     metrics = breaker.metrics()
     assert (3, 2, 1) == (metrics.calls, metrics.failures, metrics.successes)
+
+
+def test_metrics_tell_not_retryable_from_exhausted() -> None:
+    """A failure raised at once is counted apart from one that ran out of attempts."""
+    policy = retry(attempts=2, clock=jump())
+    error = ValueError("caller bug")
+    with pytest.raises(ValueError, match="caller bug") as raised:
+        policy(Flaky(error))()
+    assert not hasattr(raised.value, "__notes__")  # never retried: no story to tell
+    with pytest.raises(ConnectionError):
+        policy(Flaky(ConnectionError("1"), ConnectionError("2")))()
+    metrics = policy.metrics()
+    assert (1, 1, 1) == (metrics.retries, metrics.exhausted, metrics.not_retryable)
 
 
 def test_cancellation_is_never_retried() -> None:

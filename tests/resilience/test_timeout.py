@@ -81,10 +81,12 @@ def test_sync_call_returns_its_value_and_exceptions() -> None:
 
 def test_sync_caller_stops_waiting_at_the_deadline(clock: ManualClock) -> None:
     """The caller gets OperationTimeoutError when the clock passes the limit; the worker runs on."""
+    started = threading.Event()
     release = threading.Event()
     finished = threading.Event()
 
     def stuck() -> None:
+        started.set()
         release.wait(10)
         finished.set()
 
@@ -98,6 +100,7 @@ def test_sync_caller_stops_waiting_at_the_deadline(clock: ManualClock) -> None:
 
     thread = threading.Thread(target=caller)
     thread.start()
+    assert started.wait(5)  # a call that never started would simply be cancelled
     clock.wait_for_sleepers(1)
     clock.advance(3)
     thread.join(5)

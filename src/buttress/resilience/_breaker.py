@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import Clock
-from buttress.errors import CircuitOpenError, Severity, classify
+from buttress.errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RateLimitExceeded,
+    Severity,
+    classify,
+)
 from buttress.resilience._common import (
     Duration,
     ExceptionFilter,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     check_fraction,
     check_int,
@@ -87,10 +93,14 @@ def _issued(tickets: itertools.count[int]) -> int:
 
 
 def _counts_by_default(exc: BaseException) -> bool:
+    # Rejections by buttress's own strategies (an inner breaker, a full bulkhead,
+    # a local rate limit) are load shedding, not the dependency failing.
+    if isinstance(exc, CircuitOpenError | BulkheadFullError | RateLimitExceeded):
+        return False
     return classify(exc) is not Severity.PERMANENT
 
 
-class CircuitBreaker(Strategy):
+class CircuitBreaker(Strategy, Observable):
     """Stops calls to a dependency that keeps failing, then probes it to see if it recovered.
 
     CLOSED counts outcomes; the breaker opens on ``failure_threshold`` consecutive
@@ -103,7 +113,10 @@ class CircuitBreaker(Strategy):
     ``half_open_permit_timeout`` is reclaimed, so a leaked call cannot wedge it.
 
     By default an exception counts as a failure unless :func:`classify` calls it
-    PERMANENT: a caller's validation error says nothing about the dependency.
+    PERMANENT (a caller's validation error says nothing about the dependency), or
+    it is a rejection by another buttress strategy (load shedding is not failure).
+
+    Events: ``state_change``, ``success``, ``failure``, ``ignored``, ``rejected``.
 
     >>> breaker = CircuitBreaker("payments", failure_threshold=5, recovery_timeout=30)
     >>> @breaker
@@ -231,31 +244,20 @@ class CircuitBreaker(Strategy):
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self._name!r} {self._state.value}>"
 
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on every event: ``state_change``, ``success``,
-        ``failure``, ``ignored``, ``rejected``.
-
-        Listeners run outside the lock, on the thread that made the call.
-        """
+    def _listeners_changed(self) -> None:
         with self._lock:
-            self._listeners.add(listener)
-            self._update_fast_path()
-
-    def remove_listener(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners.remove(listener)
             self._update_fast_path()
 
     def _update_fast_path(self) -> None:
         # The fast path serves a CLOSED breaker whose successes need nothing but
-        # a ticket: a count window, no slow-call rule, no result predicate, no
-        # listeners. Kept up to date under the lock with everything it reads.
+        # a ticket: a count window, no slow-call rule, no result predicate, and
+        # nobody listening for successes. Updated under the lock, with the state.
         self._fast = (
             self._state is _CLOSED
             and isinstance(self._window, CountWindow)
             and not self._timed
             and self._result_is_failure is None
-            and not self._listeners
+            and not self._listeners.wants("success")
         )
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -366,7 +368,9 @@ class CircuitBreaker(Strategy):
         self._half_open_in_flight = self._half_open_successes = 0
         if to is _OPEN:
             self._opened_at = now
-        if to is not _HALF_OPEN:
+        if to is _CLOSED:
+            # Kept while OPEN and HALF_OPEN, where it decides nothing, so the
+            # metrics still show the failure rate that opened the breaker.
             self._window.reset(_issued(self._tickets))
         self._state = to
         self._update_fast_path()

@@ -20,8 +20,8 @@ from buttress.clock import Clock
 from buttress.errors import BulkheadFullError
 from buttress.resilience._common import (
     Duration,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     check_int,
     check_seconds,
@@ -69,7 +69,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class Bulkhead(Strategy):
+class Bulkhead(Strategy, Observable):
     """Run at most ``max_concurrent`` calls at once; queue up to ``max_queue`` more.
 
     A queued call waits at most ``queue_timeout`` seconds (``None``: as long as it
@@ -119,13 +119,6 @@ class Bulkhead(Strategy):
     def __repr__(self) -> str:
         active = self._max_concurrent - self._slots.qsize()
         return f"<Bulkhead {self._name!r} {active}/{self._max_concurrent} active>"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on each ``rejected`` event."""
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
 
     def metrics(self) -> BulkheadMetrics:
         with self._lock:

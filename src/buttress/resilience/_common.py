@@ -7,7 +7,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeGuard, TypeVar
@@ -19,6 +19,7 @@ __all__ = [
     "ExceptionFilter",
     "Listener",
     "Listeners",
+    "Observable",
     "ResilienceEvent",
     "Strategy",
     "check_fraction",
@@ -108,33 +109,63 @@ class Listeners:
     __slots__ = ("_items", "_lock")
 
     def __init__(self) -> None:
-        self._items: tuple[Listener, ...] = ()
+        self._items: tuple[tuple[Listener, frozenset[str] | None], ...] = ()
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def add(self, listener: Listener) -> None:
+    def add(self, listener: Listener, kinds: Iterable[str] | None = None) -> None:
+        wanted = None if kinds is None else frozenset(kinds)
         with self._lock:
-            self._items = (*self._items, listener)
+            self._items = (*self._items, (listener, wanted))
 
     def remove(self, listener: Listener) -> None:
         with self._lock:
-            items = list(self._items)
-            items.remove(listener)
+            items = [item for item in self._items if item[0] != listener]
+            if len(items) == len(self._items):
+                raise ValueError(f"{listener!r} is not a listener here")
             self._items = tuple(items)
 
+    def wants(self, kind: str) -> bool:
+        """Whether some listener takes events of this kind."""
+        return any(kinds is None or kind in kinds for _, kinds in self._items)
+
     def emit(self, source: str, kind: str, time: float, **attributes: Any) -> None:
-        """Deliver an event to each listener; a listener that raises cannot break the call."""
-        items = self._items  # a snapshot: emit never holds the lock
-        if not items:
-            return
-        event = ResilienceEvent(source, kind, time, attributes)
-        for listener in items:
+        """Deliver an event to each listener that wants it; a listener that raises
+        cannot break the call."""
+        event = None
+        for listener, kinds in self._items:  # a snapshot: emit never holds the lock
+            if kinds is not None and kind not in kinds:
+                continue
+            if event is None:
+                event = ResilienceEvent(source, kind, time, attributes)
             try:
                 listener(event)
             except Exception:
                 _log_listener_failure(listener, event)
+
+
+class Observable:
+    """Gives a strategy listeners: ``add_listener`` and ``remove_listener``."""
+
+    _listeners: Listeners
+
+    def add_listener(self, listener: Listener, *, kinds: Iterable[str] | None = None) -> None:
+        """Call ``listener(event)`` for each event, or only for events of ``kinds``.
+
+        Listeners run on the thread that made the call, never under a lock. The
+        class docstring lists which kinds a strategy emits.
+        """
+        self._listeners.add(listener, kinds)
+        self._listeners_changed()
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
+        """A hook for strategies whose fast path depends on who listens."""
 
 
 def _log_listener_failure(listener: Listener, event: ResilienceEvent) -> None:

@@ -11,8 +11,8 @@ from typing import Any, ParamSpec, TypeVar
 from buttress.clock import Clock
 from buttress.resilience._common import (
     ExceptionFilter,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     exception_filter,
     resolve_clock,
@@ -39,7 +39,7 @@ def _any_exception(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
-class Fallback(Strategy):
+class Fallback(Strategy, Observable):
     """Answer with a fallback when the call raises what ``on`` selects.
 
     Each fallback is a plain value, or a callable that receives the exception and
@@ -78,13 +78,6 @@ class Fallback(Strategy):
 
     def __repr__(self) -> str:
         return f"<Fallback {self._name!r} chain of {len(self._fallbacks)}>"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on each ``fallback`` event."""
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
 
     def metrics(self) -> FallbackMetrics:
         with self._lock:
@@ -155,6 +148,7 @@ def fallback(
     on: ExceptionFilter | None = None,
     name: str | None = None,
     clock: Clock | None = None,
+    registry: Registry | None = default_registry,
 ) -> Fallback:
     """Make a :class:`Fallback`, to use as a decorator: ``@fallback([], on=(TimeoutError,))``."""
-    return Fallback(*fallbacks, on=on, name=name, clock=clock)
+    return Fallback(*fallbacks, on=on, name=name, clock=clock, registry=registry)

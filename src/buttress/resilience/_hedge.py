@@ -16,8 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 from buttress.clock import Clock
 from buttress.resilience._common import (
     Duration,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     check_int,
     check_seconds,
@@ -49,7 +49,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-class Hedge(Strategy):
+class Hedge(Strategy, Observable):
     """Start the call; after ``delay`` with no answer, start up to ``max_hedged`` more.
 
     The first success wins and the other attempts are cancelled. A failed attempt
@@ -87,13 +87,6 @@ class Hedge(Strategy):
 
     def __repr__(self) -> str:
         return f"<Hedge {self._name!r} delay={self._delay}s max_hedged={self._max_hedged}>"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on each ``hedge`` event (an extra attempt started)."""
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
 
     def metrics(self) -> HedgeMetrics:
         with self._lock:
@@ -182,6 +175,7 @@ def hedge(
     max_hedged: int = 1,
     name: str | None = None,
     clock: Clock | None = None,
+    registry: Registry | None = default_registry,
 ) -> Hedge:
     """Make a :class:`Hedge`, to use as a decorator: ``@hedge(delay=0.05)``."""
-    return Hedge(delay=delay, max_hedged=max_hedged, name=name, clock=clock)
+    return Hedge(delay=delay, max_hedged=max_hedged, name=name, clock=clock, registry=registry)

@@ -24,8 +24,8 @@ from buttress.clock import Clock
 from buttress.errors import RateLimitExceeded
 from buttress.resilience._common import (
     Duration,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     check_int,
     check_seconds,
@@ -51,7 +51,7 @@ class RateLimiterMetrics:
     """Keys currently remembered (active within the last two horizons)."""
 
 
-class RateLimiter(Strategy):
+class RateLimiter(Strategy, Observable):
     """Allow ``rate`` requests per ``per`` seconds for each key, and bursts of ``burst``.
 
     >>> limiter = RateLimiter(100, per=60, burst=10, name="api")
@@ -107,13 +107,6 @@ class RateLimiter(Strategy):
 
     def __repr__(self) -> str:
         return f"<RateLimiter {self._name!r} {self._rate:g}/{self._per:g}s burst={self._burst}>"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on each ``rejected`` event."""
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
 
     def metrics(self) -> RateLimiterMetrics:
         with self._lock:

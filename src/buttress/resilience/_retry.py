@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import Clock
-from buttress.errors import Severity, classify
+from buttress.errors import BulkheadFullError, CircuitOpenError, Severity, classify
 from buttress.resilience._common import (
     Duration,
     ExceptionFilter,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     check_fraction,
     check_int,
@@ -100,8 +100,11 @@ class RetryMetrics:
     recovered: int
     """Calls that failed at first and then succeeded."""
     exhausted: int
-    """Calls that failed after all the retries they were allowed."""
+    """Calls that retried and still failed: out of attempts, time or budget."""
+    not_retryable: int
+    """Calls that failed with something not worth retrying, raised at once."""
     budget_denied: int
+    """Retries the budget refused (each also ends a call as exhausted)."""
 
 
 class RetryBudget:
@@ -162,22 +165,30 @@ class RetryBudget:
 
 
 def _retryable_by_default(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) and classify(exc) in _RETRYABLE
+    # An open breaker or a full bulkhead is our own decision to shed load:
+    # retrying it would wait out the rejection instead of failing fast (to a
+    # fallback). Name them in ``on=`` to retry them anyway.
+    return (
+        isinstance(exc, Exception)
+        and not isinstance(exc, CircuitOpenError | BulkheadFullError)
+        and classify(exc) in _RETRYABLE
+    )
 
 
 class _Attempts:
     """The bookkeeping of one call that needed a retry."""
 
-    __slots__ = ("attempt", "history", "previous_delay", "start")
+    __slots__ = ("attempt", "history", "previous_delay", "retryable", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.attempt = 1
         self.previous_delay = 0.0
+        self.retryable = True
         self.history: list[str] = []
 
 
-class Retry(Strategy):
+class Retry(Strategy, Observable):
     """Run a call again when it fails with something worth retrying.
 
     ``attempts`` counts every try, the first included. Between tries it waits
@@ -188,7 +199,9 @@ class Retry(Strategy):
     ``deadline`` bounds the whole call: no attempt starts that would have to wait
     past it.
 
-    By default it retries what :func:`classify` calls TRANSIENT or RECOVERABLE.
+    By default it retries what :func:`classify` calls TRANSIENT or RECOVERABLE,
+    except an open breaker's or a full bulkhead's rejection, which should fail
+    fast rather than wait.
     When it gives up, the caller's own exception comes through, with the story
     of the earlier attempts attached as notes (shown in its traceback).
 
@@ -248,6 +261,7 @@ class Retry(Strategy):
         self._listeners = Listeners()
         self._lock = threading.Lock()
         self._retries = self._recovered = self._exhausted = self._budget_denied = 0
+        self._not_retryable = 0
         if name is not None and registry is not None:
             registry.register(self)
 
@@ -258,17 +272,15 @@ class Retry(Strategy):
     def __repr__(self) -> str:
         return f"<Retry {self._name!r} attempts={self._attempts}>"
 
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on ``retry`` (before each wait) and ``exhausted`` events."""
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
-
     def metrics(self) -> RetryMetrics:
         with self._lock:
             return RetryMetrics(
-                self._name, self._retries, self._recovered, self._exhausted, self._budget_denied
+                self._name,
+                self._retries,
+                self._recovered,
+                self._exhausted,
+                self._not_retryable,
+                self._budget_denied,
             )
 
     # -- running attempts ---------------------------------------------------------
@@ -346,6 +358,7 @@ class Retry(Strategy):
         outcome = f"raised {failure!r}" if failure is not None else f"returned {result!r}"
         if failure is not None and not self._should_retry(failure):
             state.history.append(f"attempt {state.attempt} {outcome}: not retryable")
+            state.retryable = False
             return None
         attempts = self._attempts
         if _testing is not None and _testing.attempts is not None:
@@ -419,9 +432,18 @@ class Retry(Strategy):
             self._recovered += 1
 
     def _give_up(self, state: _Attempts, failure: BaseException | None, result: T) -> T:
+        if not state.retryable and state.attempt == 1:
+            # Never retried: the exception needs no story, and nothing ran out.
+            with self._lock:
+                self._not_retryable += 1
+            assert failure is not None
+            raise failure
         with self._lock:
-            self._exhausted += 1
-        if self._listeners:
+            if state.retryable:
+                self._exhausted += 1
+            else:
+                self._not_retryable += 1
+        if self._listeners and state.retryable:
             self._listeners.emit(
                 self._name,
                 "exhausted",
@@ -451,6 +473,7 @@ def retry(
     before_sleep: Callable[[RetryAttempt], object] | None = None,
     name: str | None = None,
     clock: Clock | None = None,
+    registry: Registry | None = default_registry,
     rng: random.Random | None = None,
 ) -> Retry:
     """Make a :class:`Retry`, as a decorator: ``@retry(attempts=3, on=(ConnectionError,))``."""
@@ -468,5 +491,6 @@ def retry(
         before_sleep=before_sleep,
         name=name,
         clock=clock,
+        registry=registry,
         rng=rng,
     )

@@ -24,8 +24,8 @@ from buttress.clock import SYSTEM_CLOCK, Clock
 from buttress.errors import OperationTimeoutError
 from buttress.resilience._common import (
     Duration,
-    Listener,
     Listeners,
+    Observable,
     Strategy,
     check_seconds,
     resolve_clock,
@@ -107,7 +107,7 @@ class TimeoutMetrics:
     timeouts: int
 
 
-class Timeout(Strategy):
+class Timeout(Strategy, Observable):
     """Stop waiting for a call after ``seconds``; raise :class:`OperationTimeoutError`.
 
     >>> @timeout(2.0)
@@ -148,13 +148,6 @@ class Timeout(Strategy):
 
     def __repr__(self) -> str:
         return f"<Timeout {self._name!r} {self._seconds}s>"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(event)`` on each ``timeout`` event."""
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
 
     def metrics(self) -> TimeoutMetrics:
         return TimeoutMetrics(self._name, self._seconds, self._timeouts)
@@ -206,6 +199,7 @@ def timeout(
     name: str | None = None,
     executor: Executor | None = None,
     clock: Clock | None = None,
+    registry: Registry | None = default_registry,
 ) -> Timeout:
     """Make a :class:`Timeout`, to use as a decorator: ``@timeout(2.0)``."""
-    return Timeout(seconds, name=name, executor=executor, clock=clock)
+    return Timeout(seconds, name=name, executor=executor, clock=clock, registry=registry)
