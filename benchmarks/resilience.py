@@ -358,7 +358,7 @@ HUGE = 10**9
 
 
 class _PerKeyBuckets(pyrate_limiter.BucketFactory):
-    """One pyrate-limiter bucket per name: its documented way to limit per key.
+    """One pyrate-limiter bucket per name, as its README's ``PerNameFactory`` does.
 
     ``Limiter(bucket)`` routes every name to that one bucket, so a per-key limit
     needs a factory like this one.
@@ -432,14 +432,14 @@ def _limiter_cases(*, many_keys: bool) -> _LimiterSetup:
                 limits_version,
             )
         )
-    for label, pyrate_limiter_ in zip(
+    for label, pyrate_one in zip(
         ("pyrate-limiter log", "pyrate-limiter GCRA"), pyrate, strict=True
     ):
         cases.append(
             SyncCase(
                 label,
                 f"acquire({key}, blocking=False)",
-                {"acquire": pyrate_limiter_.try_acquire, **key_names()},
+                {"acquire": pyrate_one.try_acquire, **key_names()},
                 pyrate_version,
             )
         )

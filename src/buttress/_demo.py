@@ -237,11 +237,10 @@ def build_pipeline(
 ) -> DemoPipeline:
     """Put ``Pipeline(fallback, retry, breaker, timeout, bulkhead)`` in front of ``upstream``."""
     fallback = Fallback(FALLBACK_REPLY, name="demo-fallback", clock=clock, registry=None)
-    # Only the upstream's own failures are retried: an open breaker or a full
-    # bulkhead should send the caller to the fallback at once, not make it wait.
+    # The defaults retry the upstream's failures but not an open breaker or a
+    # full bulkhead: those send the caller to the fallback at once.
     retry = Retry(
         attempts=3,
-        on=(ConnectionError, TimeoutError),
         wait_initial=0.02,
         wait_max=0.2,
         name="demo-retry",
@@ -258,9 +257,6 @@ def build_pipeline(
         # Scaled so that a short demo still shows an open breaker probing and closing.
         recovery_timeout=min(2.0, max(0.1, duration / 10)),
         success_threshold=3,
-        # Only the upstream's failures say it is unhealthy. The default would also
-        # count the bulkhead below shedding load, and open on our own congestion.
-        on=(ConnectionError, TimeoutError),
         clock=clock,
         registry=None,
     )
