@@ -25,7 +25,6 @@ from buttress.errors import (
 from buttress.resilience._common import (
     Duration,
     ExceptionFilter,
-    Listeners,
     Observable,
     Strategy,
     check_fraction,
@@ -150,7 +149,7 @@ class CircuitBreaker(Strategy, Observable):
         where = f"CircuitBreaker({name!r})"
         if not isinstance(name, str) or not name:
             raise ValueError(f"CircuitBreaker: name must be a non-empty string, got {name!r}")
-        self._name = name
+        self._register(name, name, registry)
         self._failure_threshold = (
             None
             if failure_threshold is None
@@ -197,7 +196,6 @@ class CircuitBreaker(Strategy, Observable):
         self._result_is_failure = on_result
         self._clock = resolve_clock(clock)
         self._timed = self._slow_duration is not None
-        self._listeners = Listeners()
         self._lock = threading.Lock()
 
         self._state = _CLOSED
@@ -222,14 +220,8 @@ class CircuitBreaker(Strategy, Observable):
         self._consecutive_failures = 0
         self._failures = self._ignored = self._rejections = self._slow = 0
         self._update_fast_path()
-        if registry is not None:
-            registry.register(self)
 
     # -- public surface ------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def state(self) -> CircuitState:

@@ -20,7 +20,6 @@ from buttress.clock import Clock
 from buttress.errors import BulkheadFullError
 from buttress.resilience._common import (
     Duration,
-    Listeners,
     Observable,
     Strategy,
     check_int,
@@ -98,9 +97,8 @@ class Bulkhead(Strategy, Observable):
         self._queue_timeout = (
             None if queue_timeout is None else check_seconds(where, "queue_timeout", queue_timeout)
         )
-        self._name = name or "bulkhead"
+        self._register(name, "bulkhead", registry)
         self._clock = resolve_clock(clock)
-        self._listeners = Listeners()
         self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(self._max_concurrent):
@@ -109,12 +107,6 @@ class Bulkhead(Strategy, Observable):
         self._return_slot = self._slots.put
         self._rejected = 0
         self._queue: deque[_Waiter] = deque()
-        if name is not None and registry is not None:
-            registry.register(self)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def __repr__(self) -> str:
         active = self._max_concurrent - self._slots.qsize()

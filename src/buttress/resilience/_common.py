@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 from buttress.clock import SYSTEM_CLOCK, Clock
+from buttress.resilience._registry import Registry
 
 __all__ = [
     "Duration",
@@ -147,9 +148,25 @@ class Listeners:
 
 
 class Observable:
-    """Gives a strategy listeners: ``add_listener`` and ``remove_listener``."""
+    """Gives a strategy its name, listeners, and its place in a registry."""
 
+    _name: str
     _listeners: Listeners
+
+    def _register(self, name: str | None, default: str, registry: Registry | None) -> None:
+        """Name the strategy and give it listeners; a named one joins ``registry``."""
+        self._name = name or default
+        self._listeners = Listeners()
+        if name is not None and registry is not None:
+            registry.register(self)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def metrics(self) -> Any:
+        """A frozen snapshot of the strategy's counters."""
+        raise NotImplementedError
 
     def add_listener(self, listener: Listener, *, kinds: Iterable[str] | None = None) -> None:
         """Call ``listener(event)`` for each event, or only for events of ``kinds``.

@@ -11,7 +11,6 @@ from typing import Any, ParamSpec, TypeVar
 from buttress.clock import Clock
 from buttress.resilience._common import (
     ExceptionFilter,
-    Listeners,
     Observable,
     Strategy,
     exception_filter,
@@ -64,17 +63,10 @@ class Fallback(Strategy, Observable):
             raise ValueError("Fallback: give at least one fallback value or callable")
         self._fallbacks = fallbacks
         self._should_fall_back = exception_filter("Fallback", on, _any_exception)
-        self._name = name or "fallback"
+        self._register(name, "fallback", registry)
         self._clock = resolve_clock(clock)
-        self._listeners = Listeners()
         self._lock = threading.Lock()
         self._used = self._failed = 0
-        if name is not None and registry is not None:
-            registry.register(self)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def __repr__(self) -> str:
         return f"<Fallback {self._name!r} chain of {len(self._fallbacks)}>"
@@ -143,12 +135,5 @@ class Fallback(Strategy, Observable):
         return failure
 
 
-def fallback(
-    *fallbacks: object,
-    on: ExceptionFilter | None = None,
-    name: str | None = None,
-    clock: Clock | None = None,
-    registry: Registry | None = default_registry,
-) -> Fallback:
-    """Make a :class:`Fallback`, to use as a decorator: ``@fallback([], on=(TimeoutError,))``."""
-    return Fallback(*fallbacks, on=on, name=name, clock=clock, registry=registry)
+fallback = Fallback
+"""``@fallback([], on=(TimeoutError,))``: the decorator spelling of :class:`Fallback`."""

@@ -16,7 +16,6 @@ from typing import Any, ParamSpec, TypeVar
 from buttress.clock import Clock
 from buttress.resilience._common import (
     Duration,
-    Listeners,
     Observable,
     Strategy,
     check_int,
@@ -73,17 +72,10 @@ class Hedge(Strategy, Observable):
         where = "Hedge" if name is None else f"Hedge({name!r})"
         self._delay = check_seconds(where, "delay", delay)
         self._max_hedged = check_int(where, "max_hedged", max_hedged, minimum=1)
-        self._name = name or "hedge"
+        self._register(name, "hedge", registry)
         self._clock = resolve_clock(clock)
-        self._listeners = Listeners()
         self._lock = threading.Lock()
         self._calls = self._hedges = self._hedge_wins = 0
-        if name is not None and registry is not None:
-            registry.register(self)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def __repr__(self) -> str:
         return f"<Hedge {self._name!r} delay={self._delay}s max_hedged={self._max_hedged}>"
@@ -169,13 +161,5 @@ class Hedge(Strategy, Observable):
             self._hedge_wins += won_by_hedge
 
 
-def hedge(
-    *,
-    delay: Duration,
-    max_hedged: int = 1,
-    name: str | None = None,
-    clock: Clock | None = None,
-    registry: Registry | None = default_registry,
-) -> Hedge:
-    """Make a :class:`Hedge`, to use as a decorator: ``@hedge(delay=0.05)``."""
-    return Hedge(delay=delay, max_hedged=max_hedged, name=name, clock=clock, registry=registry)
+hedge = Hedge
+"""``@hedge(delay=0.05)``: the decorator spelling of :class:`Hedge`."""

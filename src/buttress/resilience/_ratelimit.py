@@ -24,7 +24,6 @@ from buttress.clock import Clock
 from buttress.errors import RateLimitExceeded
 from buttress.resilience._common import (
     Duration,
-    Listeners,
     Observable,
     Strategy,
     check_int,
@@ -88,9 +87,8 @@ class RateLimiter(Strategy, Observable):
         self._max_wait = None if max_wait is None else check_seconds(where, "max_wait", max_wait)
         self._interval = self._per / self._rate
         self._horizon = self._burst * self._interval
-        self._name = name or "rate_limiter"
+        self._register(name, "rate_limiter", registry)
         self._clock = resolve_clock(clock)
-        self._listeners = Listeners()
         self._lock = threading.Lock()
         self._current: dict[str, float] = {}
         self._previous: dict[str, float] = {}
@@ -98,12 +96,6 @@ class RateLimiter(Strategy, Observable):
         self._current_latest = self._previous_latest = float("-inf")
         self._rotated_at = self._clock.now()
         self._allowed = self._rejected = 0
-        if name is not None and registry is not None:
-            registry.register(self)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def __repr__(self) -> str:
         return f"<RateLimiter {self._name!r} {self._rate:g}/{self._per:g}s burst={self._burst}>"

@@ -19,7 +19,6 @@ from buttress.errors import BulkheadFullError, CircuitOpenError, Severity, class
 from buttress.resilience._common import (
     Duration,
     ExceptionFilter,
-    Listeners,
     Observable,
     Strategy,
     check_fraction,
@@ -211,8 +210,8 @@ class Retry(Strategy, Observable):
 
     def __init__(
         self,
-        *,
         attempts: int = 3,
+        *,
         on: ExceptionFilter | None = None,
         on_result: Callable[[Any], bool] | None = None,
         deadline: Duration | None = None,
@@ -255,19 +254,12 @@ class Retry(Strategy, Observable):
         self._on_result = on_result
         self._budget = budget
         self._before_sleep = before_sleep
-        self._name = name or "retry"
+        self._register(name, "retry", registry)
         self._clock = resolve_clock(clock)
         self._random = rng.random if rng is not None else random.random
-        self._listeners = Listeners()
         self._lock = threading.Lock()
         self._retries = self._recovered = self._exhausted = self._budget_denied = 0
         self._not_retryable = 0
-        if name is not None and registry is not None:
-            registry.register(self)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def __repr__(self) -> str:
         return f"<Retry {self._name!r} attempts={self._attempts}>"
@@ -458,39 +450,5 @@ class Retry(Strategy, Observable):
         raise failure
 
 
-def retry(
-    attempts: int = 3,
-    *,
-    on: ExceptionFilter | None = None,
-    on_result: Callable[[Any], bool] | None = None,
-    deadline: Duration | None = None,
-    backoff: str = "exponential",
-    wait_initial: Duration = 0.1,
-    wait_max: Duration = 10.0,
-    wait_exp_base: float = 2.0,
-    wait_jitter: str = "full",
-    budget: RetryBudget | None = None,
-    before_sleep: Callable[[RetryAttempt], object] | None = None,
-    name: str | None = None,
-    clock: Clock | None = None,
-    registry: Registry | None = default_registry,
-    rng: random.Random | None = None,
-) -> Retry:
-    """Make a :class:`Retry`, as a decorator: ``@retry(attempts=3, on=(ConnectionError,))``."""
-    return Retry(
-        attempts=attempts,
-        on=on,
-        on_result=on_result,
-        deadline=deadline,
-        backoff=backoff,
-        wait_initial=wait_initial,
-        wait_max=wait_max,
-        wait_exp_base=wait_exp_base,
-        wait_jitter=wait_jitter,
-        budget=budget,
-        before_sleep=before_sleep,
-        name=name,
-        clock=clock,
-        registry=registry,
-        rng=rng,
-    )
+retry = Retry
+"""``@retry(attempts=3, on=(ConnectionError,))``: the decorator spelling of :class:`Retry`."""

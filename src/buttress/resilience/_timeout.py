@@ -24,7 +24,6 @@ from buttress.clock import SYSTEM_CLOCK, Clock
 from buttress.errors import OperationTimeoutError
 from buttress.resilience._common import (
     Duration,
-    Listeners,
     Observable,
     Strategy,
     check_seconds,
@@ -129,18 +128,11 @@ class Timeout(Strategy, Observable):
     ) -> None:
         where = "Timeout" if name is None else f"Timeout({name!r})"
         self._seconds = check_seconds(where, "seconds", seconds, allow_zero=False)
-        self._name = name or "timeout"
+        self._register(name, "timeout", registry)
         self._executor = executor
         self._clock = resolve_clock(clock)
-        self._listeners = Listeners()
         self._timeouts = 0
         self._lock = threading.Lock()
-        if name is not None and registry is not None:
-            registry.register(self)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def seconds(self) -> float:
@@ -193,13 +185,5 @@ class Timeout(Strategy, Observable):
         )
 
 
-def timeout(
-    seconds: Duration,
-    *,
-    name: str | None = None,
-    executor: Executor | None = None,
-    clock: Clock | None = None,
-    registry: Registry | None = default_registry,
-) -> Timeout:
-    """Make a :class:`Timeout`, to use as a decorator: ``@timeout(2.0)``."""
-    return Timeout(seconds, name=name, executor=executor, clock=clock, registry=registry)
+timeout = Timeout
+"""``@timeout(2.0)``: the decorator spelling of :class:`Timeout`."""
