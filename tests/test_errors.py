@@ -446,7 +446,7 @@ def test_classify_stdlib(exc: BaseException, expected: Severity) -> None:
         (401, P),
         (403, P),
         (404, P),
-        (408, T),
+        (408, P),
         (409, P),
         (422, P),
         (429, R),
@@ -526,7 +526,7 @@ def _httpx_request() -> httpx.Request:
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [(404, P), (408, T), (429, R), (500, T), (501, P), (502, R), (503, R), (504, T)],
+    [(404, P), (408, P), (429, R), (500, T), (501, P), (502, R), (503, R), (504, T)],
 )
 def test_classify_httpx_status_error(status: int, expected: Severity) -> None:
     """httpx's HTTPStatusError is classified by its response's status."""

@@ -754,17 +754,18 @@ class OperationTimeoutError(ButtressError, TimeoutError):
 def classify_status(status: int) -> Severity:
     """The severity of an HTTP response status.
 
-    408 is transient (RFC 9110 lets a client repeat the request), as are 500 and
-    504; 429, 502, 503 and other 5xx are recoverable; 501, 505 and other 4xx are
-    permanent. A status below 400 is not an error: asking again gives the same
-    answer, so it is permanent too.
+    429, 502 and 503 are recoverable (the server asks to come back later), as
+    are other 5xx but 500 and 504, which are transient; 501, 505 and every other
+    4xx are permanent: the same request would fail the same way. A status below
+    400 is not an error: asking again gives the same answer, so it is permanent
+    too.
 
     >>> classify_status(503), classify_status(404)
     (<Severity.RECOVERABLE: 'recoverable'>, <Severity.PERMANENT: 'permanent'>)
     """
     if status in (429, 502, 503):
         return Severity.RECOVERABLE
-    if status in (408, 500, 504):
+    if status in (500, 504):
         return Severity.TRANSIENT
     if status in (501, 505):
         return Severity.PERMANENT

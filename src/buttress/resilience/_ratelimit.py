@@ -94,7 +94,8 @@ class RateLimiter(Strategy, Observable):
         self._previous: dict[str, float] = {}
         # The latest TAT written to each generation: whether it may hold live keys.
         self._current_latest = self._previous_latest = float("-inf")
-        self._rotated_at = self._clock.now()
+        self._now = self._clock.now
+        self._rotated_at = self._now()
         self._allowed = self._rejected = 0
 
     def __repr__(self) -> str:
@@ -164,17 +165,20 @@ class RateLimiter(Strategy, Observable):
                 f"{self._name}: cost must be between 1 and burst ({self._burst}), got {cost!r}"
             )
         with self._lock:
-            now = self._clock.now()
-            self._rotate(now)
-            tat = self._current.get(key)
-            if tat is None:
-                tat = self._previous.get(key, now)
+            now = self._now()
+            if now - self._rotated_at >= self._horizon:
+                self._rotate(now)
+            young = self._current.get(key)
+            aged = young is None
+            tat = self._previous.get(key, now) if young is None else young
             new_tat = (tat if tat > now else now) + cost * self._interval
             wait = new_tat - self._horizon - now
             if wait <= max_wait:
                 self._current[key] = new_tat
-                self._previous.pop(key, None)  # the key moved to the young generation
-                self._current_latest = max(self._current_latest, new_tat)
+                if aged:
+                    self._previous.pop(key, None)  # it moved to the young generation
+                if new_tat > self._current_latest:  # noqa: PLR1730 - max() costs a call here
+                    self._current_latest = new_tat
                 self._allowed += 1
                 return wait if wait > 0 else 0.0
             self._rejected += 1
