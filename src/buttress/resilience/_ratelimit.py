@@ -66,8 +66,8 @@ class RateLimiter(Strategy, Observable):
     def __init__(
         self,
         rate: float,
-        per: Duration = 1.0,
         *,
+        per: Duration = 1.0,
         burst: int | None = None,
         max_wait: Duration | None = None,
         name: str | None = None,
