@@ -127,8 +127,26 @@ def test_autojump_sleep_advances_the_clock_itself() -> None:
     clock.sleep(1.5)
     clock.sleep(0.5)
     assert 2.0 == clock.now()
-    assert not clock.wait(threading.Event(), 3)
-    assert 5.0 == clock.now()
+
+
+def test_autojump_never_jumps_a_wait_for_other_work() -> None:
+    """wait() on an autojump clock waits for the event instead of declaring a timeout."""
+    clock = ManualClock(autojump=True)
+    event = threading.Event()
+    timer = threading.Timer(0.01, event.set)
+    timer.start()
+    assert clock.wait(event, 3)
+    assert 0.0 == clock.now()
+    timer.join()
+
+
+def test_a_sleeper_whose_deadline_already_passed_wakes_at_once(clock: ManualClock) -> None:
+    """Filing a sleeper and reading the deadline are one step: a zero-length wait is due."""
+    event = threading.Event()
+    sleeper = clock._register(0.0, event=event)
+    assert sleeper.woken
+    assert event.is_set()
+    assert 0 == clock.sleepers
 
 
 def test_wait_for_sleepers_gives_up_with_a_clear_error(clock: ManualClock) -> None:

@@ -46,7 +46,7 @@ class Clock(Protocol):
         ...
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
-        """Block until ``event`` is set or ``timeout`` seconds pass; return ``event.is_set()``.
+        """Block until ``event`` is set or ``timeout`` seconds pass; False if the time ran out.
 
         A clock may set ``event`` itself to wake the waiter at the deadline, so
         pass an event that only this wait uses.
@@ -118,8 +118,11 @@ class ManualClock:
     the time past their deadline; they are woken in deadline order.
 
     With ``autojump=True`` a sleep advances the clock by itself and returns at
-    once, which suits single-threaded tests of code that sleeps (a retry loop):
-    the test then asserts how far the clock moved.
+    once, which suits code that sleeps in one place at a time (a retry loop, a
+    rate limiter's wait): the test then asserts how far the clock moved. It does
+    not suit concurrent sleepers, such as a timeout racing the call it limits:
+    whichever sleeps first jumps time past the other. Drive those with
+    :meth:`advance` / :meth:`advance_async`. :meth:`wait` never jumps.
 
     >>> clock = ManualClock()
     >>> clock.advance(1.5)
@@ -187,15 +190,29 @@ class ManualClock:
             due.append(heapq.heappop(self._sleepers)[2])
         return due
 
-    def _register(self, sleeper: _Sleeper) -> None:
+    def _register(
+        self,
+        seconds: float,
+        *,
+        event: threading.Event | None = None,
+        future: asyncio.Future[None] | None = None,
+    ) -> _Sleeper:
+        # The deadline is read and the sleeper filed in one step, so an advance
+        # that lands in between cannot leave a sleeper whose time has come asleep.
         with self._lock:
-            heapq.heappush(self._sleepers, (sleeper.deadline, next(self._sequence), sleeper))
-            self._sleeper_added.notify_all()
+            sleeper = _Sleeper(self._now + seconds, event=event, future=future)
+            due = sleeper.deadline <= self._now
+            if not due:
+                heapq.heappush(self._sleepers, (sleeper.deadline, next(self._sequence), sleeper))
+                self._sleeper_added.notify_all()
+        if due:
+            sleeper.wake()
+        return sleeper
 
     def _unregister(self, sleeper: _Sleeper) -> None:
         with self._lock:
             if not sleeper.woken:
-                sleeper.woken = True  # lazily dropped from the heap
+                sleeper.woken = True
                 self._sleepers = [entry for entry in self._sleepers if entry[2] is not sleeper]
                 heapq.heapify(self._sleepers)
 
@@ -206,7 +223,7 @@ class ManualClock:
             self.advance(seconds)
             return
         event = threading.Event()
-        self._register(_Sleeper(self._now + seconds, event=event))
+        self._register(seconds, event=event)
         event.wait()
 
     async def sleep_async(self, seconds: float) -> None:
@@ -216,14 +233,15 @@ class ManualClock:
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        sleeper = _Sleeper(self._now + seconds, future=future)
-        self._register(sleeper)
+        sleeper = self._register(seconds, future=future)
         try:
             await future
         finally:
             self._unregister(sleeper)
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        # Never autojumps: the event is set by another thread doing real work,
+        # and jumping to the timeout would declare that work late before it ran.
         if event.is_set():
             return True
         if timeout is None:
@@ -231,11 +249,7 @@ class ManualClock:
             return True
         if timeout <= 0:
             return False
-        if self._autojump:
-            self.advance(timeout)
-            return event.is_set()
-        sleeper = _Sleeper(self._now + timeout, event=event)
-        self._register(sleeper)
+        sleeper = self._register(timeout, event=event)
         event.wait()
         timed_out = sleeper.woken
         self._unregister(sleeper)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 
 import pytest
 
@@ -75,3 +76,39 @@ def test_unregister_and_clear() -> None:
     registry.clear()
     assert [] == registry.names()
     assert first is not second
+
+
+def test_kinds_have_their_own_names() -> None:
+    """A retry named like a breaker does not evict it; an ambiguous lookup says so."""
+    registry = Registry()
+    breaker = CircuitBreaker("payments", registry=registry)
+    policy = retry(name="payments", registry=registry)
+    assert breaker is registry.get("payments", CircuitBreaker)
+    assert [breaker] == registry.of_type(CircuitBreaker)
+    assert policy is registry.get("payments", type(policy))
+    with pytest.raises(LookupError, match="'payments' names a CircuitBreaker, Retry; pass kind="):
+        registry.get("payments")
+    registry.unregister("payments", CircuitBreaker)
+    assert policy is registry.get("payments")
+
+
+def test_garbage_collection_during_register_does_not_deadlock() -> None:
+    """A dropped primitive collected while another registers cannot hang the registry."""
+    registry = Registry()
+
+    def churn() -> None:
+        for index in range(2000):
+            breaker = CircuitBreaker(f"cycle-{index % 3}", registry=registry)
+            # a listener that refers back to its breaker: a cycle only gc frees
+            breaker.add_listener(lambda event, b=breaker: None)
+            del breaker
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)  # collect at almost every allocation
+    try:
+        worker = threading.Thread(target=churn, daemon=True)
+        worker.start()
+        worker.join(30)
+    finally:
+        gc.set_threshold(*thresholds)
+    assert not worker.is_alive()

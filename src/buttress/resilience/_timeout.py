@@ -60,12 +60,13 @@ class Deadline:
     cancellation logic is asyncio's either way.
     """
 
-    __slots__ = ("_clock", "_scope", "_seconds", "_watcher")
+    __slots__ = ("_clock", "_deadline", "_scope", "_seconds", "_watcher")
 
     def __init__(self, seconds: float | None, clock: Clock) -> None:
         self._seconds = seconds
         self._clock = clock
         self._scope: asyncio.Timeout | None = None
+        self._deadline = 0.0
         self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Deadline:
@@ -73,13 +74,15 @@ class Deadline:
         self._scope = asyncio.timeout(self._seconds if native else None)
         await self._scope.__aenter__()
         if not native:
+            assert self._seconds is not None
+            # The deadline is fixed now; the watcher may first run later.
+            self._deadline = self._clock.now() + self._seconds
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return self
 
     async def _watch(self) -> None:
-        assert self._seconds is not None
         assert self._scope is not None
-        await self._clock.sleep_async(self._seconds)
+        await self._clock.sleep_async(self._deadline - self._clock.now())
         self._scope.reschedule(asyncio.get_running_loop().time())
 
     async def __aexit__(
