@@ -201,3 +201,20 @@ def test_invalid_pipelines_are_refused(strategies: tuple[Any, ...], message: str
     """An empty pipeline or a non-strategy is refused, naming its position."""
     with pytest.raises(ValueError, match=message):
         Pipeline(*strategies)
+
+
+async def test_call_async_retries_a_plain_callable_that_returns_a_coroutine() -> None:
+    """call_async(lambda: coro()) gets the async strategies: retried and counted."""
+    breaker = CircuitBreaker("lambda", failure_threshold=10, registry=None)
+    attempts = 0
+
+    async def fetch() -> str:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("down")
+
+    pipeline = Pipeline(retry(attempts=3, clock=ManualClock(autojump=True)), breaker)
+    with pytest.raises(ConnectionError):
+        await pipeline.call_async(lambda: fetch())  # noqa: PLW0108 - the point of the test
+    assert 3 == attempts
+    assert (3, 3) == (breaker.metrics().calls, breaker.metrics().failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 
@@ -92,6 +93,10 @@ def test_kinds_have_their_own_names() -> None:
     assert policy is registry.get("payments")
 
 
+def _hold(breaker: CircuitBreaker, event: object) -> None:
+    """A listener that keeps a reference to its breaker."""
+
+
 def test_garbage_collection_during_register_does_not_deadlock() -> None:
     """A dropped primitive collected while another registers cannot hang the registry."""
     registry = Registry()
@@ -100,7 +105,7 @@ def test_garbage_collection_during_register_does_not_deadlock() -> None:
         for index in range(2000):
             breaker = CircuitBreaker(f"cycle-{index % 3}", registry=registry)
             # a listener that refers back to its breaker: a cycle only gc frees
-            breaker.add_listener(lambda event, b=breaker: None)
+            breaker.add_listener(functools.partial(_hold, breaker))
             del breaker
 
     thresholds = gc.get_threshold()
