@@ -467,6 +467,13 @@ async def test_cancellation_is_not_a_failure(clock: ManualClock) -> None:
         ({"slow_call_duration": 0}, "slow_call_duration must be > 0"),
         ({"slow_call_rate_threshold": 2}, "slow_call_rate_threshold"),
         ({"failure_threshold": None}, "could never open"),
+        (
+            {"failure_threshold": None, "failure_rate_threshold": 0.5, "window": 5},
+            r"minimum_calls \(10\) must be <= window \(5\)",
+        ),
+        ({"slow_call_rate_threshold": 0.5}, "slow_call_rate_threshold needs slow_call_duration"),
+        ({"on_result": 500}, "on_result must be callable"),
+        ({"clock": object()}, "clock must be a Clock"),
         ({"on": "ConnectionError"}, "on must be exception types or a predicate"),
         ({"on": (ConnectionError, int)}, "on must name exception classes"),
     ],

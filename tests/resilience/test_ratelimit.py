@@ -154,8 +154,9 @@ def test_threads_never_overspend(clock: ManualClock) -> None:
 @pytest.mark.parametrize(
     ("args", "options", "message"),
     [
-        ((0,), {}, "rate must be a number > 0"),
-        ((-5,), {}, "rate must be a number > 0"),
+        ((0,), {}, "rate must be a finite number > 0"),
+        ((-5,), {}, "rate must be a finite number > 0"),
+        ((float("inf"),), {}, "rate must be a finite number > 0, got inf"),
         ((10,), {"per": 0}, "per must be > 0 seconds"),
         ((10,), {"burst": 0}, "burst must be >= 1"),
         ((10,), {"max_wait": -1}, "max_wait must be >= 0 seconds"),

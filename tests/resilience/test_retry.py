@@ -335,7 +335,13 @@ def test_cancellation_is_never_retried() -> None:
         ({"wait_jitter": "random"}, "wait_jitter must be one of"),
         ({"wait_initial": -0.1}, "wait_initial must be >= 0"),
         ({"wait_initial": 5, "wait_max": 1}, r"wait_max \(1.0\) must be >= wait_initial \(5.0\)"),
-        ({"wait_exp_base": 0.5}, "wait_exp_base must be a number >= 1"),
+        ({"wait_exp_base": 0.5}, "wait_exp_base must be a finite number >= 1"),
+        ({"wait_exp_base": float("nan")}, "wait_exp_base must be a finite number >= 1"),
+        ({"on_result": 500}, "on_result must be callable"),
+        ({"before_sleep": "log"}, "before_sleep must be callable"),
+        ({"budget": "x"}, "budget must be a RetryBudget"),
+        ({"clock": "x"}, "clock must be a Clock"),
+        ({"name": ""}, "name must be a non-empty string or None"),
     ],
 )
 def test_invalid_configuration_names_the_parameter(options: dict[str, Any], message: str) -> None:
@@ -346,7 +352,11 @@ def test_invalid_configuration_names_the_parameter(options: dict[str, Any], mess
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"ratio": 0}, "ratio must be a fraction"), ({"max_tokens": 0}, "max_tokens must be > 0")],
+    [
+        ({"ratio": 0}, "ratio must be a fraction"),
+        ({"max_tokens": 0.5}, "max_tokens must be a finite number >= 1"),
+        ({"min_per_second": -1}, "min_per_second must be a finite number >= 0"),
+    ],
 )
 def test_invalid_budget_names_the_parameter(options: dict[str, Any], message: str) -> None:
     """A budget with an impossible setting is refused."""

@@ -137,6 +137,12 @@ async def test_timeouts_emit_events(clock: ManualClock) -> None:
     assert [("timeout", 1.0)] == [(e.kind, e.attributes["seconds"]) for e in events]
 
 
+def test_executor_must_be_an_executor() -> None:
+    """A wrong executor is refused when the timeout is made, not when it is used."""
+    with pytest.raises(ValueError, match=r"executor must be a concurrent\.futures\.Executor"):
+        timeout(1, executor=5)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("seconds", [0, -1, float("nan"), "5"])
 def test_invalid_limits_are_refused(seconds: object) -> None:
     """A limit must be a positive number of seconds."""

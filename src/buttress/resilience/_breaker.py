@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from buttress.resilience._common import (
     ExceptionFilter,
     Observable,
     Strategy,
+    check_callable,
     check_fraction,
     check_int,
     check_seconds,
@@ -78,7 +80,8 @@ class CircuitMetrics:
     last_transition_at: float | None
     """Clock time of the last state change; ``None`` if it never changed."""
     retry_after: float
-    """Seconds until an open breaker lets a probe through; 0.0 unless open."""
+    """Seconds until an open breaker lets a probe through (inf when forced open);
+    0.0 unless open."""
     forced_open: bool
     disabled: bool
 
@@ -140,7 +143,7 @@ class CircuitBreaker(Strategy, Observable):
         window: Duration = 100,
         window_type: str = "count",
         slow_call_duration: Duration | None = None,
-        slow_call_rate_threshold: float = 1.0,
+        slow_call_rate_threshold: float | None = None,
         on: ExceptionFilter | None = None,
         on_result: Callable[[Any], bool] | None = None,
         clock: Clock | None = None,
@@ -176,8 +179,15 @@ class CircuitBreaker(Strategy, Observable):
             if slow_call_duration is None
             else check_seconds(where, "slow_call_duration", slow_call_duration, allow_zero=False)
         )
+        if slow_call_rate_threshold is not None and slow_call_duration is None:
+            raise ValueError(
+                f"{where}: slow_call_rate_threshold needs slow_call_duration, the time "
+                "beyond which a call counts as slow"
+            )
         self._slow_rate_threshold = check_fraction(
-            where, "slow_call_rate_threshold", slow_call_rate_threshold
+            where,
+            "slow_call_rate_threshold",
+            1.0 if slow_call_rate_threshold is None else slow_call_rate_threshold,
         )
         if window_type == "count":
             self._window: CountWindow | TimeWindow = CountWindow(
@@ -187,14 +197,25 @@ class CircuitBreaker(Strategy, Observable):
             self._window = TimeWindow(check_seconds(where, "window", window, allow_zero=False))
         else:
             raise ValueError(f"{where}: window_type must be 'count' or 'time', got {window_type!r}")
-        if self._failure_threshold is None and self._rate_threshold is None:
+        rate_rules = self._rate_threshold is not None or self._slow_duration is not None
+        if self._failure_threshold is None and not rate_rules:
             raise ValueError(
-                f"{where}: set failure_threshold or failure_rate_threshold; with neither "
-                "the breaker could never open"
+                f"{where}: set failure_threshold, failure_rate_threshold or "
+                "slow_call_duration; with none of them the breaker could never open"
+            )
+        if (
+            rate_rules
+            and isinstance(self._window, CountWindow)
+            and self._window.size < self._minimum_calls
+        ):
+            raise ValueError(
+                f"{where}: minimum_calls ({minimum_calls}) must be <= window ({window}): "
+                "a count window never holds more calls than its size, so the rate "
+                "rules could never trip"
             )
         self._counts_as_failure = exception_filter(where, on, _counts_by_default)
-        self._result_is_failure = on_result
-        self._clock = resolve_clock(clock)
+        self._result_is_failure = check_callable(where, "on_result", on_result)
+        self._clock = resolve_clock(where, clock)
         self._timed = self._slow_duration is not None
         self._lock = threading.Lock()
 
@@ -253,9 +274,12 @@ class CircuitBreaker(Strategy, Observable):
         )
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # The epoch is read before the fast-path flag: a thread paused between the
+        # two then holds an older epoch, whose outcome decides nothing, rather than
+        # a HALF_OPEN epoch it holds no permit for.
+        epoch = self._epoch
         if not self._fast:
             return self._run_guarded(fn, args, kwargs)
-        epoch = self._epoch
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -280,8 +304,10 @@ class CircuitBreaker(Strategy, Observable):
     async def _run_async(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        epoch = self._epoch  # before the flag, as in _run
         fast = self._fast
-        epoch = self._epoch if fast else self._admit()
+        if not fast:
+            epoch = self._admit()
         start = self._clock.now() if self._timed else 0.0
         try:
             result = await fn(*args, **kwargs)
@@ -381,8 +407,14 @@ class CircuitBreaker(Strategy, Observable):
         return None
 
     def _retry_after(self, now: float) -> float:
+        """Seconds until a call may get through: the rest of OPEN, or while HALF_OPEN
+        with every permit taken, until the oldest could be reclaimed (at most a
+        recovery period). A forced-open breaker never lets one through: inf."""
         if self._forced_open:
-            return self._recovery_timeout
+            return math.inf
+        if self._state is _HALF_OPEN:
+            reclaim = self._last_permit_at + self._permit_timeout - now
+            return max(0.0, min(reclaim, self._recovery_timeout))
         return max(0.0, self._opened_at + self._recovery_timeout - now)
 
     def _admit(self) -> int:
@@ -404,7 +436,7 @@ class CircuitBreaker(Strategy, Observable):
                 epoch = None
             if epoch is None:
                 self._rejections += 1
-                retry_after = self._retry_after(now) if state is _OPEN else 0.0
+                retry_after = self._retry_after(now)
         if changed:
             self._emit_transition(*changed)
         if epoch is None:
@@ -455,11 +487,14 @@ class CircuitBreaker(Strategy, Observable):
                 ticket = self._take_ticket()
                 if failed:
                     self._failures += 1
-                    follows = ticket == self._last_failure_ticket + 1
-                    self._consecutive_failures = self._consecutive_failures + 1 if follows else 1
-                    self._last_failure_ticket = ticket
+            current = epoch == self._epoch
+            if failed and current:
+                # A late failure from an older epoch is counted, but starts no run.
+                follows = ticket == self._last_failure_ticket + 1
+                self._consecutive_failures = self._consecutive_failures + 1 if follows else 1
+                self._last_failure_ticket = ticket
             self._slow += slow
-            if epoch == self._epoch and not self._disabled:
+            if current and not self._disabled:
                 if self._state is _CLOSED:
                     changed = self._closed_outcome(now, ticket, failed, slow)
                 elif self._state is _HALF_OPEN:

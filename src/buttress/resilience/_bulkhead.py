@@ -98,7 +98,7 @@ class Bulkhead(Strategy, Observable):
             None if queue_timeout is None else check_seconds(where, "queue_timeout", queue_timeout)
         )
         self._register(name, "bulkhead", registry)
-        self._clock = resolve_clock(clock)
+        self._clock = resolve_clock(where, clock)
         self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(self._max_concurrent):

@@ -23,8 +23,10 @@ __all__ = [
     "Observable",
     "ResilienceEvent",
     "Strategy",
+    "check_callable",
     "check_fraction",
     "check_int",
+    "check_number",
     "check_seconds",
     "exception_filter",
     "is_async_callable",
@@ -73,8 +75,42 @@ def check_fraction(strategy: str, name: str, value: float) -> float:
     return float(value)
 
 
-def resolve_clock(clock: Clock | None) -> Clock:
-    return SYSTEM_CLOCK if clock is None else clock
+def resolve_clock(strategy: str, clock: Clock | None) -> Clock:
+    """The clock to use: the system clock unless one is given."""
+    if clock is None:
+        return SYSTEM_CLOCK
+    if not isinstance(clock, Clock):
+        raise ValueError(
+            f"{_owner(strategy)}clock must be a Clock (now, sleep, sleep_async, wait), "
+            f"got {clock!r}"
+        )
+    return clock
+
+
+C = TypeVar("C", bound=Callable[..., Any])
+
+
+def check_callable(strategy: str, name: str, value: C | None) -> C | None:
+    """Return ``value`` if it is callable or None; else raise ``ValueError``."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{_owner(strategy)}{name} must be callable, got {value!r}")
+    return value
+
+
+def check_number(
+    strategy: str, name: str, value: object, *, minimum: float, inclusive: bool = True
+) -> float:
+    """Return ``value`` as a float if it is a finite number above ``minimum``."""
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+        or (value == minimum and not inclusive)
+    ):
+        raise ValueError(f"{_owner(strategy)}{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
 def is_async_callable(fn: object) -> TypeGuard[Callable[..., Any]]:
@@ -155,6 +191,14 @@ class Observable:
 
     def _register(self, name: str | None, default: str, registry: Registry | None) -> None:
         """Name the strategy and give it listeners; a named one joins ``registry``."""
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(
+                f"{type(self).__name__}: name must be a non-empty string or None, got {name!r}"
+            )
+        if registry is not None and not isinstance(registry, Registry):
+            raise ValueError(
+                f"{type(self).__name__}: registry must be a Registry or None, got {registry!r}"
+            )
         self._name = name or default
         self._listeners = Listeners()
         if name is not None and registry is not None:

@@ -59,12 +59,13 @@ class Fallback(Strategy, Observable):
         clock: Clock | None = None,
         registry: Registry | None = default_registry,
     ) -> None:
+        where = "Fallback" if name is None else f"Fallback({name!r})"
         if not fallbacks:
-            raise ValueError("Fallback: give at least one fallback value or callable")
+            raise ValueError(f"{where}: give at least one fallback value or callable")
         self._fallbacks = fallbacks
-        self._should_fall_back = exception_filter("Fallback", on, _any_exception)
+        self._should_fall_back = exception_filter(where, on, _any_exception)
         self._register(name, "fallback", registry)
-        self._clock = resolve_clock(clock)
+        self._clock = resolve_clock(where, clock)
         self._lock = threading.Lock()
         self._used = self._failed = 0
 

@@ -73,7 +73,7 @@ class Hedge(Strategy, Observable):
         self._delay = check_seconds(where, "delay", delay)
         self._max_hedged = check_int(where, "max_hedged", max_hedged, minimum=1)
         self._register(name, "hedge", registry)
-        self._clock = resolve_clock(clock)
+        self._clock = resolve_clock(where, clock)
         self._lock = threading.Lock()
         self._calls = self._hedges = self._hedge_wins = 0
 

@@ -27,6 +27,7 @@ from buttress.resilience._common import (
     Observable,
     Strategy,
     check_int,
+    check_number,
     check_seconds,
     resolve_clock,
 )
@@ -75,11 +76,7 @@ class RateLimiter(Strategy, Observable):
         registry: Registry | None = default_registry,
     ) -> None:
         where = "RateLimiter" if name is None else f"RateLimiter({name!r})"
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
-            raise ValueError(
-                f"{where}: rate must be a number > 0 (requests per `per`), got {rate!r}"
-            )
-        self._rate = float(rate)
+        self._rate = check_number(where, "rate", rate, minimum=0, inclusive=False)
         self._per = check_seconds(where, "per", per, allow_zero=False)
         self._burst = check_int(
             where, "burst", max(1, round(rate)) if burst is None else burst, minimum=1
@@ -88,7 +85,7 @@ class RateLimiter(Strategy, Observable):
         self._interval = self._per / self._rate
         self._horizon = self._burst * self._interval
         self._register(name, "rate_limiter", registry)
-        self._clock = resolve_clock(clock)
+        self._clock = resolve_clock(where, clock)
         self._lock = threading.Lock()
         self._current: dict[str, float] = {}
         self._previous: dict[str, float] = {}

@@ -21,8 +21,10 @@ from buttress.resilience._common import (
     ExceptionFilter,
     Observable,
     Strategy,
+    check_callable,
     check_fraction,
     check_int,
+    check_number,
     check_seconds,
     exception_filter,
     resolve_clock,
@@ -126,10 +128,12 @@ class RetryBudget:
         max_tokens: float = 100.0,
         clock: Clock | None = None,
     ) -> None:
-        self.ratio = check_fraction("RetryBudget", "ratio", ratio)
-        self.min_per_second = check_seconds("RetryBudget", "min_per_second", min_per_second)
-        self.max_tokens = check_seconds("RetryBudget", "max_tokens", max_tokens, allow_zero=False)
-        self._clock = resolve_clock(clock)
+        where = "RetryBudget"
+        self.ratio = check_fraction(where, "ratio", ratio)
+        self.min_per_second = check_number(where, "min_per_second", min_per_second, minimum=0)
+        # A retry costs one whole token: a smaller bucket could never pay for one.
+        self.max_tokens = check_number(where, "max_tokens", max_tokens, minimum=1)
+        self._clock = resolve_clock(where, clock)
         self._tokens = self.max_tokens
         self._refilled_at = self._clock.now()
         self._lock = threading.Lock()
@@ -243,19 +247,15 @@ class Retry(Strategy, Observable):
                 f"{where}: wait_max ({self._wait_max}) must be >= wait_initial "
                 f"({self._wait_initial})"
             )
-        if (
-            isinstance(wait_exp_base, bool)
-            or not isinstance(wait_exp_base, int | float)
-            or wait_exp_base < 1
-        ):
-            raise ValueError(f"{where}: wait_exp_base must be a number >= 1, got {wait_exp_base!r}")
-        self._exp_base = float(wait_exp_base)
+        self._exp_base = check_number(where, "wait_exp_base", wait_exp_base, minimum=1)
         self._should_retry = exception_filter(where, on, _retryable_by_default)
-        self._on_result = on_result
+        self._on_result = check_callable(where, "on_result", on_result)
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise ValueError(f"{where}: budget must be a RetryBudget, got {budget!r}")
         self._budget = budget
-        self._before_sleep = before_sleep
+        self._before_sleep = check_callable(where, "before_sleep", before_sleep)
         self._register(name, "retry", registry)
-        self._clock = resolve_clock(clock)
+        self._clock = resolve_clock(where, clock)
         self._random = rng.random if rng is not None else random.random
         self._lock = threading.Lock()
         self._retries = self._recovered = self._exhausted = self._budget_denied = 0

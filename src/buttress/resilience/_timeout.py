@@ -132,8 +132,12 @@ class Timeout(Strategy, Observable):
         where = "Timeout" if name is None else f"Timeout({name!r})"
         self._seconds = check_seconds(where, "seconds", seconds, allow_zero=False)
         self._register(name, "timeout", registry)
+        if executor is not None and not isinstance(executor, Executor):
+            raise ValueError(
+                f"{where}: executor must be a concurrent.futures.Executor, got {executor!r}"
+            )
         self._executor = executor
-        self._clock = resolve_clock(clock)
+        self._clock = resolve_clock(where, clock)
         self._timeouts = 0
         self._lock = threading.Lock()
 
