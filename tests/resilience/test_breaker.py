@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -550,12 +551,149 @@ def test_half_open_never_admits_more_than_its_permits_across_threads(clock: Manu
     for thread in threads:
         thread.start()
     admitted.wait()
-    # the 3 admitted probes are parked; everyone else must have been turned away
-    for thread in threads:
-        thread.join(0.01)
+    # the 3 admitted probes are parked: wait until everyone else was turned away
+    # (a guard, not a timing: it returns as soon as they were)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with lock:
+            if rejected == 13:
+                break
     release.set()
     for thread in threads:
         thread.join()
     assert 3 == peak
     assert 13 == rejected
     assert CircuitState.CLOSED == breaker.state
+
+
+def test_a_predicate_never_counts_an_interrupt(clock: ManualClock) -> None:
+    """on=<predicate> does not turn Ctrl-C into a dependency failure."""
+    breaker = make(clock, failure_threshold=1, on=lambda exc: True)
+    trip(breaker, 1, KeyboardInterrupt())
+    assert CircuitState.CLOSED == breaker.state
+    trip(breaker, 1, ValueError("counted: the predicate says so"))
+    assert CircuitState.OPEN == breaker.state
+
+
+async def test_a_late_failure_from_before_recovery_decides_nothing(clock: ManualClock) -> None:
+    """A call admitted in an earlier epoch that fails after the breaker closed again
+    neither opens it nor starts a run of failures."""
+    breaker = make(clock, failure_threshold=1, recovery_timeout=5, half_open_permit_timeout=10)
+    trip(breaker, 1)
+    clock.advance(5)
+    stuck = asyncio.Event()
+
+    async def late() -> None:
+        await stuck.wait()
+        raise ConnectionError("too late")
+
+    probe = asyncio.create_task(breaker.call_async(late))
+    await asyncio.sleep(0)
+    clock.advance(10)  # the hung probe's permit is reclaimed
+    assert "ok" == breaker.call(ok)
+    assert CircuitState.CLOSED == breaker.state
+    stuck.set()
+    with pytest.raises(ConnectionError):
+        await probe
+    assert CircuitState.CLOSED == breaker.state
+    assert 0 == breaker.metrics().consecutive_failures
+
+
+async def test_a_reclaimed_permits_late_success_does_not_count(clock: ManualClock) -> None:
+    """After a permit is reclaimed, the old probe's success is not one of the successes
+    that close the breaker."""
+    breaker = make(
+        clock,
+        failure_threshold=1,
+        recovery_timeout=5,
+        success_threshold=2,
+        half_open_permit_timeout=10,
+    )
+    trip(breaker, 1)
+    clock.advance(5)
+    stuck = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await stuck.wait()
+        return "late"
+
+    old = asyncio.create_task(breaker.call_async(slow_ok))
+    await asyncio.sleep(0)
+    clock.advance(10)
+    release = asyncio.Event()
+
+    async def fresh_ok() -> str:
+        await release.wait()
+        return "fresh"
+
+    new = asyncio.create_task(breaker.call_async(fresh_ok))  # takes the reclaimed permit
+    await asyncio.sleep(0)
+    stuck.set()
+    assert "late" == await old
+    release.set()
+    assert "fresh" == await new
+    assert CircuitState.HALF_OPEN == breaker.state  # one success of two, not two
+    assert "ok" == breaker.call(ok)
+    assert CircuitState.CLOSED == breaker.state
+
+
+def test_a_slow_probe_opens_it_again(clock: ManualClock) -> None:
+    """With a slow-call rule, a half-open probe that succeeds slowly reopens the breaker."""
+    breaker = make(
+        clock,
+        failure_threshold=1,
+        recovery_timeout=5,
+        slow_call_duration=1,
+        slow_call_rate_threshold=1.0,
+        minimum_calls=1,
+        window=1,
+    )
+    trip(breaker, 1)
+    clock.advance(5)
+
+    def slow() -> str:
+        clock.advance(2)
+        return "slow"
+
+    assert "slow" == breaker.call(slow)
+    assert CircuitState.OPEN == breaker.state
+
+
+def test_threads_through_every_state_keep_exact_counts(clock: ManualClock) -> None:
+    """8 threads x 10,000 calls while the breaker opens, probes and closes again:
+    every call is counted exactly once, as a success, a failure or a rejection."""
+    breaker = make(clock, failure_threshold=3, recovery_timeout=0, half_open_max_calls=2)
+    per_thread = 10_000
+    seen = [[0, 0, 0] for _ in range(8)]  # successes, failures, rejections per thread
+
+    def worker(index: int) -> None:
+        mine = seen[index]
+        for call in range(per_thread):
+            try:
+                if (call // 4 + index) % 2 == 0:  # runs of 4 failures, then 4 successes
+                    breaker.call(fail)
+                else:
+                    breaker.call(ok)
+                mine[0] += 1
+            except ConnectionError:
+                mine[1] += 1
+            except CircuitOpenError:
+                mine[2] += 1
+
+    changes: list[ResilienceEvent] = []
+    breaker.add_listener(changes.append, kinds={"state_change"})  # keeps the fast path
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    successes, failures, rejections = (sum(column) for column in zip(*seen, strict=True))
+    metrics = breaker.metrics()
+    assert 80_000 == successes + failures + rejections
+    assert (successes, failures, rejections) == (
+        metrics.successes,
+        metrics.failures,
+        metrics.rejections,
+    )
+    assert metrics.calls == successes + failures
+    assert len(changes) > 10  # it really moved through its states, many times

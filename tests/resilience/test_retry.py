@@ -362,3 +362,23 @@ def test_invalid_budget_names_the_parameter(options: dict[str, Any], message: st
     """A budget with an impossible setting is refused."""
     with pytest.raises(ValueError, match=message):
         RetryBudget(**options)
+
+
+async def test_a_predicate_never_sees_cancellation() -> None:
+    """on=<predicate> cannot retry a cancelled task by accident."""
+    started = asyncio.Event()
+    calls = 0
+
+    @retry(attempts=5, on=lambda exc: not isinstance(exc, ValueError), clock=ManualClock())
+    async def waits() -> None:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(waits())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 1 == calls

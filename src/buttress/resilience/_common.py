@@ -290,7 +290,11 @@ ExceptionFilter = (
 def exception_filter(
     where: str, on: ExceptionFilter | None, default: Callable[[BaseException], bool]
 ) -> Callable[[BaseException], bool]:
-    """Turn an ``on=`` option into a predicate."""
+    """Turn an ``on=`` option into a predicate.
+
+    Exception types are taken as given. A predicate only ever sees ``Exception``
+    instances: ``CancelledError``, ``KeyboardInterrupt`` and ``SystemExit`` pass.
+    """
     if on is None:
         return default
     if isinstance(on, type | tuple):
@@ -302,5 +306,8 @@ def exception_filter(
             raise ValueError(f"{where}: on must name exception classes, got {on!r}")
         return lambda exc: isinstance(exc, types)
     if callable(on):
-        return on
+        predicate = on
+        # Cancellation, Ctrl-C and exit are never a dependency's failure; a
+        # predicate written with errors in mind must not catch them by accident.
+        return lambda exc: isinstance(exc, Exception) and bool(predicate(exc))
     raise ValueError(f"{where}: on must be exception types or a predicate, got {on!r}")
