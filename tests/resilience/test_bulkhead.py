@@ -10,6 +10,7 @@ import pytest
 
 from buttress import Bulkhead, BulkheadFullError
 from buttress.clock import ManualClock
+from buttress.resilience._bulkhead import _Waiter
 from buttress.testing import capture_events
 
 
@@ -238,3 +239,41 @@ def test_invalid_configuration_names_the_parameter(options: dict[str, Any], mess
     """Bad options raise ValueError naming the option and its range."""
     with pytest.raises(ValueError, match=message):
         Bulkhead(**options)
+
+
+async def test_a_slot_handed_to_a_cancelled_waiter_goes_back() -> None:
+    """A waiter cancelled just after a slot was handed to it returns the slot."""
+    bulkhead = make(max_concurrent=1, max_queue=1)
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Event()
+    waiter: asyncio.Task[None] | None = None
+
+    async def holder() -> None:
+        await gate.wait()
+        assert waiter is not None
+        # Runs right after this call returns and its slot is handed to the waiter,
+        # before the waiter wakes up.
+        loop.call_soon(waiter.cancel)
+
+    first = asyncio.create_task(bulkhead.call_async(holder))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(bulkhead.call_async(asyncio.sleep, 0))
+    await asyncio.sleep(0)
+    assert 1 == bulkhead.metrics().queued
+    gate.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (0, 0) == (bulkhead.metrics().active, bulkhead.metrics().queued)
+    assert "ran" == await bulkhead.call_async(_answer)
+
+
+def test_a_slot_freed_while_joining_the_queue_is_not_lost() -> None:
+    """If the last slot comes back between a failed take and joining the queue, the
+    newcomer takes it instead of waiting for a release that already happened."""
+    bulkhead = make(max_concurrent=1, max_queue=1)
+    bulkhead._take_slot()  # the slot is busy: a newcomer's take fails...
+    bulkhead._release()  # ...and then it is released before the newcomer queues
+    waiter = bulkhead._join_queue(lambda: _Waiter(event=threading.Event()))
+    assert waiter is None  # it got the slot rather than a place in the queue
+    assert (1, 0) == (bulkhead.metrics().active, bulkhead.metrics().queued)

@@ -382,3 +382,18 @@ async def test_a_predicate_never_sees_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert 1 == calls
+
+
+async def test_async_calls_fill_the_budget_too() -> None:
+    """Async calls deposit into a shared budget just as sync calls do."""
+    clock = ManualClock(autojump=True)
+    budget = RetryBudget(ratio=0.5, min_per_second=0, max_tokens=1, clock=clock)
+    assert budget.try_withdraw()  # spent
+
+    @retry(attempts=2, wait_initial=0, wait_max=0, budget=budget, clock=clock)
+    async def works() -> str:
+        return "ok"
+
+    await works()
+    await works()
+    assert 1.0 == pytest.approx(budget.tokens)

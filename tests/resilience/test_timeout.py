@@ -148,3 +148,28 @@ def test_invalid_limits_are_refused(seconds: object) -> None:
     """A limit must be a positive number of seconds."""
     with pytest.raises(ValueError, match="seconds must be"):
         timeout(seconds)  # type: ignore[arg-type]
+
+
+def test_a_call_that_never_started_is_cancelled(clock: ManualClock) -> None:
+    """When the worker pool is busy past the limit, the queued call never runs."""
+    release = threading.Event()
+    ran: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(release.wait, 10)  # the only worker is busy
+        limit = timeout(1, executor=pool, clock=clock)
+        errors: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                limit.call(ran.append, "ran")
+            except OperationTimeoutError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        clock.wait_for_sleepers(1)
+        clock.advance(1)
+        thread.join(5)
+        release.set()
+    assert 1 == len(errors)
+    assert [] == ran
