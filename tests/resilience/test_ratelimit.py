@@ -168,3 +168,29 @@ def test_invalid_configuration_names_the_parameter(
     """Bad options raise ValueError naming the option and its range."""
     with pytest.raises(ValueError, match=message):
         RateLimiter(*args, **options)
+
+
+async def test_a_cancelled_wait_gives_its_turn_back(clock: ManualClock) -> None:
+    """A caller cancelled while waiting for its booked turn frees that turn."""
+    limiter = make(clock, 1, per=10, burst=1)
+    await limiter.acquire_async("k")
+    waiting = asyncio.create_task(limiter.acquire_async("k", max_wait=60))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await clock.advance_async(10)
+    assert limiter.try_acquire("k")  # the cancelled caller's turn, at t = 10
+
+
+def test_memory_follows_active_keys_with_a_million_keys(clock: ManualClock) -> None:
+    """A million one-off keys leave memory within two horizons."""
+    limiter = make(clock, 1, per=1, burst=1)  # horizon: 1 s
+    for n in range(1_000_000):
+        limiter.try_acquire(str(n))
+    assert 1_000_000 == limiter.metrics().keys
+    clock.advance(1)
+    limiter.try_acquire("a")
+    clock.advance(1)
+    limiter.try_acquire("b")
+    assert 2 == limiter.metrics().keys

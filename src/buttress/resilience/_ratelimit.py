@@ -8,13 +8,14 @@ bucket's behaviour with one float of state and no refill loop.
 A key whose TAT lies in the past is indistinguishable from a new key, so it can
 be forgotten. Keys live in two generations: every ``burst`` intervals the older
 generation is dropped whole, which only ever drops idle keys. Memory stays
-bounded by the keys active in the last two horizons, with no scan (a scan of the
-old generation happens only if some request there booked a wait beyond the
-horizon, to keep those bookings).
+bounded by the keys active in the last two horizons, with no scan. The few keys
+whose callers booked a wait beyond the horizon are kept apart until their turn
+comes within reach.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -89,8 +90,7 @@ class RateLimiter(Strategy, Observable):
         self._lock = threading.Lock()
         self._current: dict[str, float] = {}
         self._previous: dict[str, float] = {}
-        # The latest TAT written to each generation: whether it may hold live keys.
-        self._current_latest = self._previous_latest = float("-inf")
+        self._booked: dict[str, float] = {}
         self._now = self._clock.now
         self._rotated_at = self._now()
         self._allowed = self._rejected = 0
@@ -101,7 +101,7 @@ class RateLimiter(Strategy, Observable):
     def metrics(self) -> RateLimiterMetrics:
         with self._lock:
             self._rotate(self._clock.now())
-            keys = len(self._current) + len(self._previous)
+            keys = len(self._current) + len(self._previous) + len(self._booked)
             return RateLimiterMetrics(
                 self._name, self._rate, self._per, self._burst, self._allowed, self._rejected, keys
             )
@@ -125,7 +125,11 @@ class RateLimiter(Strategy, Observable):
         """Like :meth:`acquire`, for async code."""
         wait = self._reserve(key, cost, max_wait=self._resolve_wait(max_wait), raising=True)
         if wait > 0:
-            await self._clock.sleep_async(wait)
+            try:
+                await self._clock.sleep_async(wait)
+            except asyncio.CancelledError:
+                self._refund(key, cost)  # nobody will use the booked turn
+                raise
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.acquire()
@@ -140,12 +144,11 @@ class RateLimiter(Strategy, Observable):
     def reset(self, key: str | None = None) -> None:
         """Forget one key's history, or every key's."""
         with self._lock:
-            if key is None:
-                self._current.clear()
-                self._previous.clear()
-            else:
-                self._current.pop(key, None)
-                self._previous.pop(key, None)
+            for generation in (self._current, self._previous, self._booked):
+                if key is None:
+                    generation.clear()
+                else:
+                    generation.pop(key, None)
 
     # -- GCRA -----------------------------------------------------------------------
 
@@ -165,17 +168,23 @@ class RateLimiter(Strategy, Observable):
             now = self._now()
             if now - self._rotated_at >= self._horizon:
                 self._rotate(now)
-            young = self._current.get(key)
-            aged = young is None
-            tat = self._previous.get(key, now) if young is None else young
+            tat = self._current.get(key)
+            young = tat is not None
+            if tat is None:
+                tat = self._previous.get(key)
+                if tat is None:
+                    tat = self._booked.get(key, now) if self._booked else now
             new_tat = (tat if tat > now else now) + cost * self._interval
             wait = new_tat - self._horizon - now
             if wait <= max_wait:
-                self._current[key] = new_tat
-                if aged:
-                    self._previous.pop(key, None)  # it moved to the young generation
-                if new_tat > self._current_latest:  # noqa: PLR1730 - max() costs a call here
-                    self._current_latest = new_tat
+                if wait > 0:
+                    self._book_ahead(key, new_tat, now)
+                else:
+                    self._current[key] = new_tat
+                    if not young:  # it moved to the young generation
+                        self._previous.pop(key, None)
+                        if self._booked:
+                            self._booked.pop(key, None)
                 self._allowed += 1
                 return wait if wait > 0 else 0.0
             self._rejected += 1
@@ -185,26 +194,37 @@ class RateLimiter(Strategy, Observable):
             raise RateLimitExceeded(key, retry_after=wait, limiter=self._name)
         return -1.0
 
+    def _book_ahead(self, key: str, tat: float, now: float) -> None:
+        """Store a TAT that lies more than a horizon ahead (a booked wait).
+
+        Such keys break the generations' promise (written a horizon ago means
+        idle), so they wait in their own small dict until they come within reach.
+        """
+        self._current.pop(key, None)
+        self._previous.pop(key, None)
+        self._booked[key] = tat
+
+    def _refund(self, key: str, cost: int) -> None:
+        """Give back a booking whose caller stopped waiting for it."""
+        with self._lock:
+            for generation in (self._booked, self._current, self._previous):
+                tat = generation.get(key)
+                if tat is not None:
+                    generation[key] = tat - cost * self._interval
+                    return
+
     def _rotate(self, now: float) -> None:
         elapsed = now - self._rotated_at
         if elapsed < self._horizon:
             return
-        self._age_generations(now)
-        if elapsed >= 2 * self._horizon:
-            self._age_generations(now)
+        # Keys untouched for a whole horizon have a TAT in the past: idle.
+        self._previous = self._current if elapsed < 2 * self._horizon else {}
+        self._current = {}
         self._rotated_at = now
-
-    def _age_generations(self, now: float) -> None:
-        # The older generation was last written a horizon ago, so its TATs lie in
-        # the past (idle keys) unless a request reserved a wait beyond the horizon;
-        # those few reservations are kept.
-        kept = (
-            {key: tat for key, tat in self._previous.items() if tat > now}
-            if self._previous_latest > now
-            else {}
-        )
-        self._previous, self._previous_latest = self._current, self._current_latest
-        if kept:
-            self._previous.update(kept)
-            self._previous_latest = max(self._previous_latest, *kept.values())
-        self._current, self._current_latest = {}, float("-inf")
+        if self._booked:
+            reach = now + self._horizon
+            for key, tat in list(self._booked.items()):
+                if tat <= reach:  # within a horizon now: an ordinary key again
+                    del self._booked[key]
+                    if tat > now:
+                        self._current[key] = tat
