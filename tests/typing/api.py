@@ -29,7 +29,7 @@ async def fetch(url: str) -> bytes:
     return url.encode()
 
 
-@Pipeline(fallback(None), retry(), breaker, Bulkhead(10))
+@Pipeline(fallback(0), retry(), breaker, Bulkhead(10))
 def lookup(key: str) -> int:
     return len(key)
 
@@ -43,6 +43,13 @@ async def replica(key: str) -> str:
 @RateLimiter(10)
 def limited() -> float:
     return 1.0
+
+
+def sync_replica(key: str) -> str:
+    return key
+
+
+hedge(delay=0.05)(sync_replica)  # type: ignore[arg-type]  # hedging needs async def
 
 
 async def use() -> None:

@@ -76,6 +76,8 @@ class Bulkhead(Strategy, Observable):
     :class:`BulkheadFullError` at once, which is the point: shed load fast rather
     than pile up.
 
+    Events: ``rejected`` (``timed_out`` says whether it waited in the queue first).
+
     >>> db = Bulkhead(max_concurrent=10, max_queue=20, queue_timeout=0.5, name="db")
     >>> @db
     ... async def query(sql: str) -> list[Row]: ...

@@ -46,6 +46,10 @@ class Fallback(Strategy, Observable):
     form a chain, tried in order until one does not raise; if all raise, the
     original exception comes through with notes on what each fallback raised.
     A callable that *is* the value must be wrapped: ``fallback(lambda exc: fn)``.
+    The decorated function keeps its declared type, so give a fallback of that
+    type (``fallback([])`` for a function returning a list).
+
+    Events: ``fallback`` (a fallback answered; ``step`` says which).
 
     >>> @fallback(read_from_cache, [], on=(ConnectionError,))
     ... def recent_orders(user_id: int) -> list[Order]: ...

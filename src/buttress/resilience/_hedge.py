@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -53,8 +53,12 @@ class Hedge(Strategy, Observable):
 
     The first success wins and the other attempts are cancelled. A failed attempt
     starts the next hedge at once instead of waiting out the delay. If every
-    attempt fails, the last failure is raised. Works on ``async def`` only:
-    a thread cannot be cancelled, so a sync hedge would leak its losers.
+    attempt fails, the last failure is raised. The losers are cancelled but not
+    awaited, so the winner's answer never waits for their clean-up. Works on
+    ``async def`` only: a thread cannot be cancelled, so a sync hedge would leak
+    its losers.
+
+    Events: ``hedge`` (an extra attempt started).
 
     >>> @hedge(delay=0.05, max_hedged=2)
     ... async def lookup(key: str) -> bytes: ...
@@ -90,7 +94,9 @@ class Hedge(Strategy, Observable):
             "cannot be cancelled, so the losing attempts would run on in their threads"
         )
 
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
+    def __call__(  # type: ignore[override]  # async functions only
+        self, fn: Callable[P, Coroutine[Any, Any, T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
         if not is_async_callable(fn):
             self._run(fn, (), {})
         return super().__call__(fn)

@@ -55,6 +55,8 @@ class RateLimiterMetrics:
 class RateLimiter(Strategy, Observable):
     """Allow ``rate`` requests per ``per`` seconds for each key, and bursts of ``burst``.
 
+    Events: ``rejected`` (with the key and its ``retry_after``).
+
     >>> limiter = RateLimiter(100, per=60, burst=10, name="api")
     >>> limiter.try_acquire("user:42")            # True or False, at once
     >>> limiter.acquire("user:42", max_wait=2.0)  # waits up to 2 s, else raises

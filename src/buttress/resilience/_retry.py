@@ -197,10 +197,17 @@ class Retry(Strategy, Observable):
     ``attempts`` counts every try, the first included. Between tries it waits
     ``wait_initial`` grown by ``backoff`` (``"exponential"`` by ``wait_exp_base``,
     ``"linear"``, or ``"constant"``), at most ``wait_max``, spread by ``wait_jitter``
-    (``"full"``, ``"equal"``, ``"decorrelated"`` or ``"none"``). An exception's
-    ``retry_after`` hint (a 429's, an open breaker's) is a floor on the wait.
-    ``deadline`` bounds the whole call: no attempt starts that would have to wait
-    past it.
+    (``"full"``, ``"equal"``, ``"decorrelated"`` or ``"none"``). Decorrelated
+    jitter is a backoff of its own (each wait is drawn between ``wait_initial``
+    and three times the last one), so it ignores ``backoff``. An exception's
+    ``retry_after`` hint (a 429's) is a floor on the wait.
+
+    ``deadline`` bounds the retrying, measured from the first attempt: no attempt
+    starts after it, nor one whose wait would end after it. An attempt already
+    running is not interrupted; to bound each attempt, put a :class:`Timeout`
+    inside the retry.
+
+    Events: ``retry`` (before each wait) and ``exhausted``.
 
     By default it retries what :func:`classify` calls TRANSIENT or RECOVERABLE,
     except an open breaker's or a full bulkhead's rejection, which should fail

@@ -112,6 +112,8 @@ class TimeoutMetrics:
 class Timeout(Strategy, Observable):
     """Stop waiting for a call after ``seconds``; raise :class:`OperationTimeoutError`.
 
+    Events: ``timeout``.
+
     >>> @timeout(2.0)
     ... async def fetch() -> bytes: ...        # cancelled at 2 s
     >>> @timeout(2.0)
