@@ -651,10 +651,12 @@ class CircuitOpenError(UnavailableError):
 
     def __init__(self, name: str, *, retry_after: float) -> None:
         self.name = name
-        super().__init__(
-            f"circuit {name!r} is open; retry in {_seconds(retry_after)}s",
-            retry_after=retry_after,
+        when = (
+            f"retry in {_seconds(retry_after)}s"
+            if math.isfinite(retry_after)
+            else "it was forced open and stays open until reset"
         )
+        super().__init__(f"circuit {name!r} is open; {when}", retry_after=retry_after)
 
 
 class ResourceExhaustedError(UnavailableError):

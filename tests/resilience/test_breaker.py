@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from typing import Any
@@ -232,8 +233,9 @@ async def test_half_open_admits_only_its_permits(clock: ManualClock) -> None:
 
     first = asyncio.create_task(breaker.call_async(probe))
     await asyncio.sleep(0)
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(CircuitOpenError) as raised:
         await breaker.call_async(probe)
+    assert 5.0 == raised.value.retry_after  # about a recovery period, not "now"
     release.set()
     assert "ok" == await first
     assert CircuitState.CLOSED == breaker.state
@@ -697,3 +699,12 @@ def test_threads_through_every_state_keep_exact_counts(clock: ManualClock) -> No
     )
     assert metrics.calls == successes + failures
     assert len(changes) > 10  # it really moved through its states, many times
+
+
+def test_forced_open_says_it_will_not_retry_by_itself(clock: ManualClock) -> None:
+    """A forced-open breaker's rejection has no finite retry_after and says why."""
+    breaker = make(clock)
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError, match="forced open and stays open until reset") as raised:
+        breaker.call(ok)
+    assert math.inf == raised.value.retry_after
