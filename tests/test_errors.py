@@ -651,6 +651,23 @@ def test_optional_libraries_are_not_imported() -> None:
         ("error: connection refused", "error: connection refused"),
         ("invalid token format", "invalid token format"),
         ("basic validation failed", "basic validation failed"),
+        ("{'password': b'hunter2'}", "{'password': b'***'}"),
+        ("[(b'x-api-key', b'abc123')]", "[(b'x-api-key', b'***')]"),
+        ("('authorization', 'Basic dXNlcjpwYXNz')", "('authorization', '***')"),
+        ('{\\"password\\": \\"hunter2\\"}', '{\\"password\\": \\"***\\"}'),
+        (
+            "EU_WEST_1_PRIMARY_PRODUCTION_DATABASE_PASSWORD=hunter2",
+            "EU_WEST_1_PRIMARY_PRODUCTION_DATABASE_PASSWORD=***",
+        ),
+        ("Cookie: theme=dark; sid=SECRET", "Cookie: ***"),
+        ('password: "hunt\\"er2"', 'password: "***"'),
+        ("?key=AIzaSy123&sig=abcd", "?key=***&sig=***"),
+        ("--password hunter2 --user bob", "--password *** --user bob"),
+        ("uses ghp_abcdefghijklmnopqrstuvwxyz12", "uses ***"),
+        ("max_tokens: must be at most 4096", "max_tokens: must be at most 4096"),
+        ("author: Jane Doe", "author: Jane Doe"),
+        ("password_min_length=8", "password_min_length=8"),
+        ("signature_algorithm: must be RS256", "signature_algorithm: must be RS256"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
@@ -662,9 +679,37 @@ def test_redact_is_fast_on_hostile_input() -> None:
     """Long, repetitive input is handled without catastrophic backtracking."""
     hostile = "passwordtoken" * 20_000 + " " + "a:" * 20_000
     assert hostile == redact(hostile)
+    jwt_lookalike = "eyJ-" * 25_000  # restarting at every "-" made this quadratic
+    assert jwt_lookalike == redact(jwt_lookalike)
 
 
 # --- to_problem ------------------------------------------------------------------
+
+
+def test_a_wrapped_exception_is_detail_not_message() -> None:
+    """`InternalError(exc)` keeps the wrapped text for logs and shows the default."""
+    err = InternalError(ValueError("db password=hunter2"))
+    assert "an internal error occurred" == str(err)
+    assert "ValueError('db password=hunter2')" == err.detail
+    assert "hunter2" not in json.dumps(to_problem(err))
+
+
+def test_extension_values_of_any_type_are_redacted() -> None:
+    """Tuples, sets, bytes, dict keys and arbitrary objects in extensions are redacted."""
+
+    class Leaky(BadRequestError):
+        def problem_extensions(self) -> dict[str, object]:
+            return {
+                "hints": ("token=abc123",),
+                "tags": {"api_key=zzz"},
+                "raw": b"secret=1",
+                "by_key": {"password=k": 1},
+                "url": httpx.URL("https://u:hunter2@api.example.com"),
+            }
+
+    body = json.dumps(to_problem(Leaky("bad")))
+    for secret in ("abc123", "zzz", "secret=1", "password=k", "hunter2"):
+        assert secret not in body
 
 
 def test_problem_shape() -> None:

@@ -101,7 +101,7 @@ class Severity(enum.Enum):
     RECOVERABLE = "recoverable"
     """Retry after a backoff or the server's hint: 429, 502, 503."""
     PERMANENT = "permanent"
-    """Retrying cannot help: bad input, most 4xx, a bug."""
+    """Retrying cannot help: bad input, most 4xx, a programming error (TypeError...)."""
     CRITICAL = "critical"
     """An operator must act: misconfiguration, data corruption."""
 
@@ -187,10 +187,19 @@ class ButtressError(Exception):
             raise TypeError(msg)
 
     def __init__(
-        self, message: str | None = None, *, detail: str | None = None, **context: object
+        self,
+        message: str | BaseException | None = None,
+        *,
+        detail: str | None = None,
+        **context: object,
     ) -> None:
         # Kept cheap on purpose: an open circuit builds one of these per rejected
         # call, so the error id is only generated when someone asks for it.
+        if message is not None and not isinstance(message, str):
+            # `raise InternalError(exc) from exc`: the wrapped object's text is
+            # internal, so it goes to `detail` and the client sees the default.
+            detail = detail if detail is not None else repr(message)
+            message = None
         if message is None:
             message = self.default_message
         super().__init__(message)
@@ -1015,36 +1024,65 @@ _URL_CREDENTIALS = re.compile(
 # and "Authorization: Basic ..." is caught by the key-value rule below.
 _BEARER = re.compile(r"\b(?P<scheme>bearer)\s+[\w\-.~+/]+=*", re.IGNORECASE)
 # JSON Web Tokens: three base64url segments, the first of which encodes '{"'.
-_JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*")
-_SECRET_WORDS = (
-    r"passw(?:or)?d|pwd|secret|token|api[_\-]?key|authori[sz]ation|auth|credentials?"
-    r"|private[_\-]?key|access[_\-]?key|session|cookie|signature"
+# The lookbehind (not \b) keeps a match from starting inside a run of [\w-]:
+# with \b, "eyJ-eyJ-..." would restart at every "-" and take quadratic time.
+_JWT = re.compile(r"(?<![\w-])eyJ[\w-]*\.[\w-]+\.[\w-]*")
+# Well-known token formats that are secrets wherever they stand.
+_KNOWN_TOKENS = re.compile(
+    r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|sk_(?:live|test)_[A-Za-z0-9]{10,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})"
 )
-# key=value, key: value, "key": "value", where the key looks secret. Every
+_SECRET_WORDS = (
+    r"passw(?:or)?d|passphrase|pass|pwd|secret|token|api[_\-]?key|key|sig|signature"
+    r"|authori[sz]ation|auth|credentials?|private[_\-]?key|access[_\-]?key"
+    r"|session(?:[_\-]?id)?|sid|cookie"
+)
+# key=value, key: value, "key": "value", ('key', 'value'), where the key ends in a
+# secret word (so "password_min_length" or "max_tokens" are left alone). Every
 # repetition around the key is bounded and a key must start a word, so a long
 # hostile message costs linear time rather than backtracking for seconds.
 _SECRET_PAIR = re.compile(
     r"(?<![\w.\-])"
-    rf"(?P<key>[\"']?[\w.\-]{{0,40}}(?:{_SECRET_WORDS})[\w.\-]{{0,40}}[\"']?\s{{0,4}}[:=]\s{{0,4}})"
-    r"(?P<value>\"[^\"]*\"|'[^']*'"
+    r"(?P<key>\\?[\"']?[\w.\-]{0,100}?"
+    rf"(?:{_SECRET_WORDS})(?![\w])"
+    r"\\?[\"']?\s{0,4}(?:[:=]|(?<=[\"']),)\s{0,4})"
+    r"(?P<value>b?\"(?:[^\"\\\n]|\\.)*\"|b?'(?:[^'\\\n]|\\.)*'"
+    r"|\\\"(?:[^\"\\\n])*\\\""
     r"|(?:(?:bearer|basic|token|digest|negotiate)\s+)?[^\s,;&\"'()\[\]{}<>]+)",
+    re.IGNORECASE,
+)
+# A cookie header holds many name=value pairs; all of them are secrets.
+_COOKIE = re.compile(r"(?P<key>\b(?:set-)?cookie\s{0,4}[:=]\s{0,4})[^\r\n]+", re.IGNORECASE)
+# Command-line flags: --password hunter2
+_FLAG = re.compile(
+    rf"(?P<key>--[\w-]{{0,60}}?(?:{_SECRET_WORDS})(?![\w])(?:\s+|=))(?P<value>[^\s\"']+)",
     re.IGNORECASE,
 )
 
 
 def _mask_pair(match: re.Match[str]) -> str:
     value = match["value"]
-    quote = value[0] if value[0] in "\"'" else ""
-    return f"{match['key']}{quote}{_MASK}{quote}"
+    prefix = "b" if value[:1] in "bB" and value[1:2] in "\"'" else ""
+    quoted = value[len(prefix) :]
+    if quoted.startswith('\\"'):
+        quote = '\\"'
+    elif quoted[:1] in "\"'":
+        quote = quoted[0]
+    else:
+        quote = ""
+    return f"{match['key']}{prefix}{quote}{_MASK}{quote}"
 
 
 def redact(text: str) -> str:
     """Mask secrets a developer may have pasted into a message.
 
-    Masks URL passwords, `Bearer` tokens, JSON Web Tokens and the values of
-    `key=value` or `key: value` pairs whose key looks secret (password, token,
-    api_key, secret, auth, session, ...), ignoring case. It is a safety net:
-    user-facing messages should not hold secrets to begin with.
+    Masks URL passwords, `Bearer` tokens, JSON Web Tokens, well-known token
+    formats (GitHub, Stripe, Slack, AWS access key ids), cookies, `--password x`
+    flags and the values of `key=value`, `key: value` or `('key', 'value')` pairs
+    whose key ends in a secret word (password, token, api_key, secret, auth,
+    session, ...), ignoring case. It is a safety net: a secret with no telling
+    key or format around it cannot be recognised, so user-facing messages should
+    not hold secrets to begin with.
 
     >>> redact("redis://app:hunter2@cache:6379/0 refused password=hunter2")
     'redis://app:***@cache:6379/0 refused password=***'
@@ -1052,17 +1090,28 @@ def redact(text: str) -> str:
     text = _URL_CREDENTIALS.sub(rf"\g<head>{_MASK}", text)
     text = _BEARER.sub(rf"\g<scheme> {_MASK}", text)
     text = _JWT.sub(_MASK, text)
+    text = _KNOWN_TOKENS.sub(_MASK, text)
+    text = _COOKIE.sub(rf"\g<key>{_MASK}", text)
+    text = _FLAG.sub(rf"\g<key>{_MASK}", text)
     return _SECRET_PAIR.sub(_mask_pair, text)
 
 
-def _redact_json(value: object) -> object:
+def _redact_json(value: object, depth: int = 0) -> object:
+    """Redact every string in an extension value; anything else becomes text or a
+    plain JSON value, so no object's own ``str`` can smuggle a secret out."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, str):
         return redact(value)
-    if isinstance(value, list):
-        return [_redact_json(item) for item in value]
+    if isinstance(value, bytes):
+        return redact(value.decode("utf-8", "replace"))
+    if depth > 20:
+        return _MASK
     if isinstance(value, dict):
-        return {key: _redact_json(item) for key, item in value.items()}
-    return value
+        return {redact(str(key)): _redact_json(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_json(item, depth + 1) for item in value]
+    return redact(str(value))
 
 
 # --- problem details -------------------------------------------------------------
