@@ -57,6 +57,7 @@ from buttress.errors import (
     classify,
     classify_status,
     redact,
+    retry_after_of,
     to_problem,
 )
 
@@ -881,3 +882,34 @@ def test_every_problem_is_json_and_matches_its_error(err: ButtressError) -> None
         problem["status"],
         problem["error_id"],
     )
+
+
+def test_retry_after_of_reads_attributes_and_headers() -> None:
+    """The hint comes from a retry_after attribute, or a Retry-After header in seconds
+    or as an HTTP date; anything else is no hint."""
+    request = httpx.Request("GET", "https://example.com/")
+
+    def with_header(value: str) -> httpx.HTTPStatusError:
+        response = httpx.Response(503, headers={"Retry-After": value}, request=request)
+        return httpx.HTTPStatusError("busy", request=request, response=response)
+
+    assert 2.5 == retry_after_of(RateLimitedError(retry_after=2.5))
+    assert 120.0 == retry_after_of(with_header("120"))
+    assert 0.0 == retry_after_of(with_header("Wed, 21 Oct 2015 07:28:00 GMT"))  # in the past
+    assert retry_after_of(with_header("soon")) is None
+    assert retry_after_of(ValueError("no hint")) is None
+
+
+def test_retryable_reads_right_on_the_class_and_the_instance() -> None:
+    """retryable follows the severity, on the class as on an instance."""
+    assert NotFoundError.retryable is False
+    assert NotFoundError().retryable is False
+    assert UnavailableError.retryable is True
+
+
+def test_deeply_nested_exception_groups_classify_without_recursion() -> None:
+    """A group nested thousands deep is classified by its worst leaf, without RecursionError."""
+    group: BaseException = ConnectionError("leaf")
+    for _ in range(5000):
+        group = ExceptionGroup("wrap", [group])  # type: ignore[type-var]
+    assert Severity.TRANSIENT == classify(group)

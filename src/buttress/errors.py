@@ -43,6 +43,8 @@ details body that is safe to send to a client.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import enum
 import math
 import re
@@ -89,6 +91,7 @@ __all__ = [
     "classify",
     "classify_status",
     "redact",
+    "retry_after_of",
     "to_problem",
 ]
 
@@ -169,6 +172,10 @@ class ButtressError(Exception):
     """Short human title of the error type (the problem's ``title``)."""
     default_message: ClassVar[str] = "an internal error occurred"
     """User-safe message used when none is given."""
+    retryable: ClassVar[bool] = True
+    """Whether retrying may succeed: the severity is transient or recoverable.
+    Derived from ``severity`` for every subclass, so ``NotFoundError.retryable``
+    reads right on the class too."""
 
     message: str
     detail: str | None
@@ -176,6 +183,7 @@ class ButtressError(Exception):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.retryable = cls.severity in _RETRYABLE
         # Fail at import, not in the middle of an incident, when a subclass
         # declares a code or status that cannot appear in a problem body.
         code = cls.__dict__.get("code")
@@ -206,11 +214,6 @@ class ButtressError(Exception):
         self.message = message
         self.detail = detail
         self.context = context
-
-    @property
-    def retryable(self) -> bool:
-        """Whether retrying may succeed (the severity is transient or recoverable)."""
-        return self.severity in _RETRYABLE
 
     @property
     def error_id(self) -> str:
@@ -995,8 +998,17 @@ def classify(exc: BaseException) -> Severity:
         return severity
     # Answers that depend on the instance, not only the type, are never cached.
     if isinstance(exc, BaseExceptionGroup):
+        # Walked with a stack, not recursion: groups may nest arbitrarily deep.
+        leaves: list[BaseException] = []
+        pending = list(exc.exceptions)
+        while pending:
+            inner = pending.pop()
+            if isinstance(inner, BaseExceptionGroup):
+                pending.extend(inner.exceptions)
+            else:
+                leaves.append(inner)
         return max(
-            (classify(inner) for inner in exc.exceptions),
+            (classify(leaf) for leaf in leaves),
             key=_SEVERITY_RANK.__getitem__,
             default=Severity.PERMANENT,
         )
@@ -1009,6 +1021,38 @@ def classify(exc: BaseException) -> Severity:
         _TYPE_CACHE.clear()
     _TYPE_CACHE[cls] = severity
     return severity
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds the exception asks the caller to wait before trying again, if it says.
+
+    Reads a ``retry_after`` attribute (every buttress error that has one), else
+    an HTTP ``Retry-After`` header on ``exc.response`` (httpx, requests), in
+    seconds or as an HTTP date. Returns None when there is no usable hint.
+
+    >>> retry_after_of(RateLimitedError(retry_after=2.5))
+    2.5
+    """
+    hint = getattr(exc, "retry_after", None)
+    if isinstance(hint, int | float) and not isinstance(hint, bool):
+        return None if math.isnan(hint) else max(0.0, float(hint))
+    try:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        value = headers.get("retry-after") if headers is not None else None
+    except Exception:
+        return None
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 # --- redaction -------------------------------------------------------------------

@@ -7,9 +7,10 @@ import random
 import threading
 from typing import Any
 
+import httpx
 import pytest
 
-from buttress import CircuitBreaker, RetryBudget, retry
+from buttress import CircuitBreaker, CircuitOpenError, RetryBudget, retry
 from buttress.clock import ManualClock
 from buttress.errors import RateLimitedError, ValidationError
 from buttress.resilience import Retry, RetryAttempt, set_testing
@@ -397,3 +398,27 @@ async def test_async_calls_fill_the_budget_too() -> None:
     await works()
     await works()
     assert 1.0 == pytest.approx(budget.tokens)
+
+
+def test_an_http_retry_after_header_is_honoured() -> None:
+    """An httpx 429 with Retry-After: 3 waits at least 3 s before the next attempt."""
+    clock = jump()
+    request = httpx.Request("GET", "https://api.example.com/")
+    response = httpx.Response(429, headers={"Retry-After": "3"}, request=request)
+    error = httpx.HTTPStatusError("slow down", request=request, response=response)
+    assert (
+        "ok" == retry(attempts=2, wait_initial=0.1, wait_jitter="none", clock=clock)(Flaky(error))()
+    )
+    assert 3.0 == clock.now()
+
+
+def test_a_hint_to_wait_forever_ends_the_retry() -> None:
+    """A forced-open breaker says retry_after=inf: the retry gives up instead of sleeping."""
+    breaker = CircuitBreaker("forever", registry=None)
+    breaker.force_open()
+    clock = jump()
+    policy = retry(attempts=3, on=CircuitOpenError, deadline=None, clock=clock)
+    with pytest.raises(CircuitOpenError) as raised:
+        policy(breaker(lambda: "x"))()
+    assert 0.0 == clock.now()
+    assert "asks never to be retried" in raised.value.__notes__[-1]

@@ -8,6 +8,7 @@ one ``try``.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from buttress.clock import Clock
-from buttress.errors import BulkheadFullError, CircuitOpenError, Severity, classify
+from buttress.errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    Severity,
+    classify,
+    retry_after_of,
+)
 from buttress.resilience._common import (
     Duration,
     ExceptionFilter,
@@ -368,9 +375,14 @@ class Retry(Strategy, Observable):
             )
             return None
         delay = self._compute_backoff(state)
-        hint = getattr(failure, "retry_after", None)
-        if isinstance(hint, int | float) and not isinstance(hint, bool) and hint > delay:
-            delay = float(hint)
+        hint = None if failure is None else retry_after_of(failure)
+        if hint is not None and hint > delay:
+            if not math.isfinite(hint):
+                state.history.append(
+                    f"attempt {state.attempt} {outcome}: it asks never to be retried"
+                )
+                return None
+            delay = hint
         if _testing is not None:
             delay = 0.0
         elapsed = 0.0
