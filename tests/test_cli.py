@@ -165,7 +165,7 @@ def test_summary_lists_sources_latencies_and_state_changes() -> None:
     text = _text(render_summary(result))
     assert "4  (80%)" in text
     assert "1  (20%)" in text
-    assert "closed → open" in text
+    assert "closed -> open" in text
     assert "4.2s" in text
 
 
@@ -176,3 +176,25 @@ def _empty_snapshot() -> Snapshot:
         upstream, clock=clock, rng=random.Random(0), duration=1, concurrency=1
     )
     return Snapshot.take(pipeline, upstream)
+
+
+def test_demo_prints_on_a_terminal_that_is_not_utf8() -> None:
+    """The demo's output is plain enough for a cp1252 console (Windows' default for pipes)."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "buttress", "demo", "--duration", "0.3", "--seed", "1"],
+        env={**os.environ, "PYTHONIOENCODING": "cp1252"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr.decode(errors="replace")
+
+
+def test_demo_refuses_an_endless_duration() -> None:
+    """--duration inf is refused rather than running a demo whose outage never comes."""
+    result = runner.invoke(app, ["demo", "--duration", "inf"])
+    assert 2 == result.exit_code

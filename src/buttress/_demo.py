@@ -327,7 +327,8 @@ def render_table(snapshot: Snapshot) -> Table:
     table = Table(
         title=f"buttress demo  {elapsed:4.1f}s / {snapshot.duration:g}s",
         title_justify="left",
-        caption="calls flow top to bottom: fallback → retry → breaker → timeout → bulkhead",
+        # ASCII arrows: the demo must print on any terminal encoding (cp1252 too).
+        caption="calls flow top to bottom: fallback -> retry -> breaker -> timeout -> bulkhead",
         caption_justify="left",
         box=box.SIMPLE_HEAVY,
         pad_edge=False,
@@ -462,7 +463,7 @@ def render_summary(result: DemoResult) -> Table:
             changes.append("\n")
         changes.append(f"{change.at:5.1f}s  ")
         changes.append(change.previous.value, style=_STATE_STYLES[change.previous])
-        changes.append(" → ")
+        changes.append(" -> ")
         changes.append(change.state.value, style=_STATE_STYLES[change.state])
     table.add_row("breaker state changes", changes if changes else Text("none", style="dim"))
     seed_note = f"{result.seed}" + ("  (interrupted)" if result.interrupted else "")

@@ -47,7 +47,7 @@ def _root(
 def demo(
     duration: Annotated[
         float,
-        typer.Option(min=0.1, help="How long to run, in seconds."),
+        typer.Option(min=0.1, max=86_400, help="How long to run, in seconds."),
     ] = 20.0,
     seed: Annotated[
         int | None,
