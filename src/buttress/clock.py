@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from buttress._wakeup import wake
+
 __all__ = ["SYSTEM_CLOCK", "Clock", "ManualClock", "SystemClock"]
 
 
@@ -89,26 +91,7 @@ class _Sleeper:
 
     def wake(self) -> None:
         self.woken = True
-        if self.event is not None:
-            self.event.set()
-        elif self.future is not None:
-            loop = self.future.get_loop()
-            if _running_loop() is loop:
-                _resolve(self.future)
-            else:
-                loop.call_soon_threadsafe(_resolve, self.future)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        wake(self.event, self.future)
 
 
 class ManualClock:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+from buttress._wakeup import wake
 from buttress.clock import Clock
 from buttress.errors import BulkheadFullError
 from buttress.resilience._common import (
@@ -56,16 +57,7 @@ class _Waiter:
         self.granted = False
 
     def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
-        elif self.future is not None:
-            loop = self.future.get_loop()
-            loop.call_soon_threadsafe(_resolve, self.future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        wake(self.event, self.future)
 
 
 class Bulkhead(Strategy, Observable):
