@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean setup
+.PHONY: run test lint typecheck pytest bench clean setup servers
 
 # Re-install whenever the declared dependencies change.
 $(STAMP): pyproject.toml
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Tests run real servers (started by fixtures on free loopback ports); install
+# the Debian packages that provide them when they are missing.
+SERVER_PACKAGES := redis-server memcached
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+servers:
+	@command -v redis-server >/dev/null && command -v memcached >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SERVER_PACKAGES); }
 
 run: $(STAMP)
 	$(BIN)/buttress demo
@@ -25,14 +34,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) servers
 	$(BIN)/pytest -q
 
 # ruff, then mypy --strict, then pytest, in that order.
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(STAMP) servers
 	$(BIN)/python benchmarks/resilience.py
+	$(BIN)/python benchmarks/cache_memory.py
+	$(BIN)/python benchmarks/cache_redis.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
