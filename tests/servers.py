@@ -280,6 +280,15 @@ class ServerProcess:
         if self._process is not None and self.running and not self._paused:
             self._process.send_signal(signal.SIGSTOP)
             self._paused = True
+            # The signal lands a moment later; a request sent meanwhile would be
+            # answered. Wait until the kernel reports the process stopped.
+            stat = Path(f"/proc/{self._process.pid}/stat")
+            deadline = time.monotonic() + 5.0
+            while stat.exists() and time.monotonic() < deadline:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+                if state in ("T", "t"):
+                    break
+                time.sleep(0.001)
 
     def resume(self) -> None:
         """Thaw a paused server (SIGCONT)."""

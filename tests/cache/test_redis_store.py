@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from buttress.cache._redis import RedisStore, RedisSubscription
+from buttress.cache._redis import RedisStore, RedisSubscription, _milliseconds
 from buttress.cache._store import Store, Subscription
 from servers import RedisServer
 
@@ -160,6 +160,13 @@ async def test_ttls_become_pexpire_async(store: RedisStore, admin: redis.Redis) 
     await store.aset_many([("a", b"v", 30.0), ("b", b"v", None)])
     assert 29000 < admin.pttl("a") <= 30000
     assert admin.pttl("b") == -1
+
+
+def test_ttls_round_up_to_milliseconds() -> None:
+    assert _milliseconds(2.0001, "set") == 2001
+    assert _milliseconds(0.5, "set") == 500
+    assert _milliseconds(1e-9, "set") == 1  # never 0, which Redis refuses
+    assert _milliseconds(0.0, "set") == 1
 
 
 def test_infinite_ttl_is_refused(store: RedisStore) -> None:
@@ -367,6 +374,29 @@ def test_subscription_reports_loss_and_recovery(fresh_redis: RedisServer) -> Non
     assert recorder.wait(lambda: recorder.messages == [b"before", b"after"])
     store.close()
     assert subscription.closed
+
+
+def test_a_silent_connection_counts_as_lost(
+    fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that stops answering (no FIN: a frozen host, a cut network) is noticed
+    by the PING the subscription sends when the connection has been quiet."""
+    import buttress.cache._redis as module
+
+    monkeypatch.setattr(module, "_KEEPALIVE", 0.2)
+    store = RedisStore(fresh_redis.url)
+    recorder = Recorder()
+    subscription = store.subscribe("inval", recorder.on_message, recorder.on_lost)
+    time.sleep(0.5)  # quiet, but answering PINGs: not lost
+    assert recorder.lost == 0
+    fresh_redis.pause()
+    assert recorder.wait(lambda: recorder.lost == 1)
+    fresh_redis.resume()
+    assert recorder.wait(lambda: recorder.lost == 2)
+    assert subscription.wait_subscribed(5.0)
+    store.delete_many([], publish=("inval", b"back"))
+    assert recorder.wait(lambda: recorder.messages == [b"back"])
+    store.close()
 
 
 def test_subscribe_while_the_server_is_down(fresh_redis: RedisServer) -> None:

@@ -13,7 +13,7 @@ from types import FunctionType
 
 from buttress.cache._cache import Cache, SyncCache, cached
 from buttress.cache._compression import Compression
-from buttress.cache._core import CacheResult, TieredStats, TierStats, WarmReport
+from buttress.cache._core import CacheResult, TieredStats, WarmReport
 from buttress.cache._memcached import MemcachedStore
 from buttress.cache._memory import CacheStats, MemoryCache, RemovalCause
 from buttress.cache._missing import MISSING, Missing
@@ -25,6 +25,7 @@ from buttress.cache._serializers import (
     Serializer,
 )
 from buttress.cache._store import Store, Subscription
+from buttress.cache._tier import TierStats
 
 __all__ = [
     "MISSING",

@@ -29,7 +29,6 @@ from buttress.cache._missing import MISSING
 from buttress.cache._runtime import (
     AsyncRuntime,
     Call,
-    Effect,
     Flight,
     Gather,
     Logic,
@@ -39,13 +38,14 @@ from buttress.cache._runtime import (
 )
 from buttress.cache._serializers import MsgpackSerializer, Serializer
 from buttress.cache._store import SetItem, Store, Subscription
+from buttress.cache._tier import FAILED, RemoteTier, TierCall, TierStats
 from buttress.cache._writebehind import WriteBehind
 from buttress.clock import Clock, SystemClock
-from buttress.errors import CircuitOpenError, SerializationError
+from buttress.errors import SerializationError
 from buttress.resilience import CircuitBreaker, CircuitState, ResilienceEvent
 from buttress.resilience._common import Duration, check_int, check_seconds, resolve_clock
 
-__all__ = ["CacheCore", "CacheResult", "TierStats", "TieredStats", "WarmReport"]
+__all__ = ["CacheCore", "CacheResult", "TieredStats", "WarmReport"]
 
 log = logging.getLogger("buttress.cache")
 
@@ -55,18 +55,6 @@ _TAG_PREFIX = "__tag__:"
 _LEASE_PREFIX = "__lease__:"
 _CHANNEL = "__invalidate__"
 _INF = math.inf
-
-
-class _Failed:
-    """What a tier call returns when the tier is down: the logic carries on without it."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "FAILED"
-
-
-FAILED = _Failed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +70,6 @@ class CacheResult:
     value: Any
     stale: bool
     source: str
-
-
-@dataclass(frozen=True, slots=True)
-class TierStats:
-    """Counters of one tier since the cache was made."""
-
-    name: str
-    hits: int
-    misses: int
-    errors: int
-    calls: int
-    latency_seconds: float
-    """Mean latency of a call to this tier (0 for the memory tier, which is not timed)."""
-    available: bool
-    """False while the tier's breaker is open (the tier is being skipped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,81 +102,6 @@ class WarmReport:
     """Keys already cached (not reloaded)."""
     failed: int
     """Keys whose batch loader failed; the failure is logged."""
-
-
-class RemoteTier:
-    """A store with its breaker and counters."""
-
-    def __init__(self, store: Store, breaker: CircuitBreaker) -> None:
-        self.store = store
-        self.name = store.name
-        self.breaker = breaker
-        self.hits = 0
-        self.misses = 0
-        self.errors = 0
-        self.calls = 0
-        self.latency = 0.0
-
-    def failed(self, op: str, exc: BaseException) -> None:
-        self.errors += 1
-        log.debug("cache tier %s: %s failed: %r", self.name, op, exc)
-
-    def stats(self) -> TierStats:
-        return TierStats(
-            self.name,
-            self.hits,
-            self.misses,
-            self.errors,
-            self.calls,
-            self.latency / self.calls if self.calls else 0.0,
-            self.breaker.state is not CircuitState.OPEN,
-        )
-
-
-class TierCall(Effect[Any]):
-    """Call ``store.<op>`` (or ``store.a<op>``) through the tier's breaker.
-
-    Returns :data:`FAILED` instead of raising: a cache tier that is down or slow
-    must never become the caller's exception.
-    """
-
-    __slots__ = ("args", "kwargs", "op", "tier")
-
-    def __init__(self, tier: RemoteTier, op: str, *args: Any, **kwargs: Any) -> None:
-        self.tier = tier
-        self.op = op
-        self.args = args
-        self.kwargs = kwargs
-
-    def run(self, runtime: SyncRuntime) -> Any:
-        tier = self.tier
-        start = time.perf_counter()
-        try:
-            result = tier.breaker.call(getattr(tier.store, self.op), *self.args, **self.kwargs)
-        except CircuitOpenError:
-            return FAILED
-        except Exception as exc:
-            tier.failed(self.op, exc)
-            return FAILED
-        tier.calls += 1
-        tier.latency += time.perf_counter() - start
-        return result
-
-    async def arun(self, runtime: AsyncRuntime) -> Any:
-        tier = self.tier
-        start = time.perf_counter()
-        try:
-            result = await tier.breaker.call_async(
-                getattr(tier.store, "a" + self.op), *self.args, **self.kwargs
-            )
-        except CircuitOpenError:
-            return FAILED
-        except Exception as exc:
-            tier.failed(self.op, exc)
-            return FAILED
-        tier.calls += 1
-        tier.latency += time.perf_counter() - start
-        return result
 
 
 def _seconds_or_none(where: str, name: str, value: Duration | None) -> float | None:
@@ -261,6 +159,7 @@ class CacheCore:
         self.stale_ttl = check_seconds(where, "stale_ttl", stale_ttl)
         self.serializer = serializer if serializer is not None else MsgpackSerializer()
         self.compression = compression if compression is not None else Compression()
+        self.serializer_name = self.serializer.name.encode("ascii")
         self.loader = loader
         self.writer = writer
         if writer is not None and write_behind is not None:
@@ -423,17 +322,17 @@ class CacheCore:
 
     def encode(self, entry: Entry) -> bytes:
         payload = self.compression.compress(self.serializer.dumps(entry.value))
-        return encode_entry(entry, self.serializer.name, payload)
+        return encode_entry(entry, self.serializer_name, payload)
 
     def decode(self, tier: RemoteTier, raw: bytes) -> Entry | None:
         try:
-            entry, serializer_name, payload = decode_entry(raw)
-            if serializer_name != self.serializer.name:
+            entry, serializer_name, offset = decode_entry(raw)
+            if serializer_name != self.serializer_name:
                 raise SerializationError(
                     "a cache entry could not be read",
-                    detail=f"written with {serializer_name}, read with {self.serializer.name}",
+                    detail=f"written with {serializer_name!r}, read with {self.serializer.name}",
                 )
-            entry.value = self.serializer.loads(self.compression.decompress(bytes(payload)))
+            entry.value = self.serializer.loads(self.compression.decompress(raw[offset:]))
         except Exception as exc:
             # A corrupt or foreign entry is a miss, not the caller's exception.
             tier.errors += 1
@@ -560,6 +459,8 @@ class CacheCore:
         for index, tier in enumerate(self.remotes):
             if not missing:
                 break
+            if (tier.owed or tier.owed_patterns) and not (yield from self.settle(tier)):
+                continue
             raws = yield TierCall(tier, "get_many", missing)
             if raws is FAILED:
                 continue
@@ -593,10 +494,13 @@ class CacheCore:
         """Whether each entry's tag versions are still current (by ``id(entry)``)."""
         tags = sorted({tag for entry in entries for tag, _ in entry.tags})
         current: dict[str, bytes | None] = {}
-        if self.authority is not None and tags:
-            versions = yield TierCall(
-                self.authority, "get_many", [self.tag_key(tag) for tag in tags]
-            )
+        authority = self.authority
+        if (
+            authority is not None
+            and tags
+            and (not authority.owed or (yield from self.settle(authority)))
+        ):
+            versions = yield TierCall(authority, "get_many", [self.tag_key(tag) for tag in tags])
             if versions is not FAILED:
                 current = dict(zip(tags, versions, strict=True))
         # Unverifiable (the authority is down) counts as invalid: never serve a
@@ -605,6 +509,20 @@ class CacheCore:
             id(entry): all(current.get(tag) == version for tag, version in entry.tags)
             for entry in entries
         }
+
+    def settle(self, tier: RemoteTier) -> Logic[bool]:
+        """Replay the deletes ``tier`` missed; False while it still can't take them."""
+        keys = list(tier.owed)
+        if keys:
+            if (yield TierCall(tier, "delete_many", keys)) is FAILED:
+                return False
+            for key in keys:
+                tier.owed.pop(key, None)
+        for pattern in list(tier.owed_patterns):
+            if (yield TierCall(tier, "delete_pattern", pattern)) is FAILED:
+                return False
+            tier.owed_patterns.remove(pattern)
+        return True
 
     def tag_versions(
         self, tags: tuple[str, ...], ttl: float | None
@@ -775,12 +693,14 @@ class CacheCore:
             encoded = [(full, self.encode(entry), entry.remaining(now)) for full, entry in items]
             message = self.message(b"k", (full for full, _ in items))
             for tier in self.remotes:
-                yield TierCall(
+                done = yield TierCall(
                     tier,
                     "set_many",
                     encoded,
                     publish=message if tier is self.channel_tier else None,
                 )
+                # A tier that missed the write may still hold the old value.
+                (tier.owe if done is FAILED else tier.paid)(full for full, _ in items)
         for full, entry in items:
             self.l1_set(full, entry, now)
 
@@ -808,12 +728,14 @@ class CacheCore:
                 self.l1.delete(full)
         message = self.message(b"k", fulls)
         for tier in self.remotes:
-            yield TierCall(
+            done = yield TierCall(
                 tier,
                 "delete_many",
                 list(fulls),
                 publish=message if tier is self.channel_tier else None,
             )
+            if done is FAILED:
+                tier.owe(fulls)
 
     def invalidate_tags(self, tags: tuple[str, ...]) -> Logic[None]:
         """Drop every entry carrying one of ``tags``, on every tier, in every process."""
@@ -821,12 +743,15 @@ class CacheCore:
         if self.authority is not None:
             # Deleting a tag's version invalidates every entry that recorded it:
             # one atomic step per tag, and no index of entries to grow.
-            yield TierCall(
+            tag_keys = [self.tag_key(tag) for tag in tags]
+            done = yield TierCall(
                 self.authority,
                 "delete_many",
-                [self.tag_key(tag) for tag in tags],
+                tag_keys,
                 publish=self.message(b"t", tags) if self.authority is self.channel_tier else None,
             )
+            if done is FAILED:
+                self.authority.owe(tag_keys)
             if self.channel_tier is not None and self.channel_tier is not self.authority:
                 yield TierCall(
                     self.channel_tier, "delete_many", [], publish=self.message(b"t", tags)
@@ -839,7 +764,9 @@ class CacheCore:
         deleted = self.l1.delete_pattern(full) if self.l1 is not None else 0
         for tier in self.remotes:
             count = yield TierCall(tier, "delete_pattern", full)
-            if count is not FAILED:
+            if count is FAILED:
+                tier.owe_pattern(full)
+            else:
                 deleted = max(deleted, count)
         if self.channel_tier is not None:
             yield TierCall(self.channel_tier, "delete_many", [], publish=self.message(b"p", [full]))
@@ -847,8 +774,10 @@ class CacheCore:
 
     def clear(self) -> Logic[None]:
         self.l1_flush()
+        pattern = _glob_escape(self.prefix) + "*"
         for tier in self.remotes:
-            yield TierCall(tier, "delete_pattern", _glob_escape(self.prefix) + "*")
+            if (yield TierCall(tier, "delete_pattern", pattern)) is FAILED:
+                tier.owe_pattern(pattern)
         if self.channel_tier is not None:
             yield TierCall(self.channel_tier, "delete_many", [], publish=self.message(b"c"))
 

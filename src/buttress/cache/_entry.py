@@ -9,8 +9,11 @@ source.
 Envelope layout (little-endian)::
 
     magic 0xB7 | format 1 | fresh_until f64 | stale_until f64 | created f64 | delta f32
-    | serializer name (u8 length + ASCII) | tag count u16 | per tag: u16 length + UTF-8,
-    u8 length + version bytes | payload (compressed serialized value)
+    | serializer name length u8 | tag count u16 | serializer name (ASCII)
+    | per tag: u16 length + UTF-8, u8 length + version bytes | payload
+
+The fixed part is one ``struct`` read: a read of many entries (``get_many``)
+decodes each header in well under a microsecond.
 
 ``inf`` stands for "never".
 """
@@ -27,7 +30,7 @@ __all__ = ["Entry", "decode_entry", "encode_entry"]
 
 _MAGIC = 0xB7
 _FORMAT = 1
-_HEAD = struct.Struct("<BBdddf")
+_HEAD = struct.Struct("<BBdddfBH")
 _U16 = struct.Struct("<H")
 _INF = math.inf
 
@@ -62,17 +65,21 @@ class Entry:
         return self.stale_until - now
 
 
-def encode_entry(entry: Entry, serializer_name: str, payload: bytes) -> bytes:
+def encode_entry(entry: Entry, serializer_name: bytes, payload: bytes) -> bytes:
     """The envelope of ``entry`` around an already serialized, compressed ``payload``."""
-    name = serializer_name.encode("ascii")
-    parts = [
-        _HEAD.pack(
-            _MAGIC, _FORMAT, entry.fresh_until, entry.stale_until, entry.created, entry.delta
-        ),
-        bytes((len(name),)),
-        name,
-        _U16.pack(len(entry.tags)),
-    ]
+    head = _HEAD.pack(
+        _MAGIC,
+        _FORMAT,
+        entry.fresh_until,
+        entry.stale_until,
+        entry.created,
+        entry.delta,
+        len(serializer_name),
+        len(entry.tags),
+    )
+    if not entry.tags:
+        return b"".join((head, serializer_name, payload))
+    parts = [head, serializer_name]
     for tag, version in entry.tags:
         raw = tag.encode()
         parts += (_U16.pack(len(raw)), raw, bytes((len(version),)), version)
@@ -80,36 +87,41 @@ def encode_entry(entry: Entry, serializer_name: str, payload: bytes) -> bytes:
     return b"".join(parts)
 
 
-def decode_entry(data: bytes) -> tuple[Entry, str, memoryview]:
-    """Split an envelope into the entry (value not yet decoded), serializer name and payload.
+def decode_entry(data: bytes) -> tuple[Entry, bytes, int]:
+    """The entry in an envelope (value not yet decoded), its serializer's name, and
+    where its payload starts.
 
     Raises :class:`~buttress.errors.SerializationError` for anything that is not
     an envelope this version wrote.
     """
     try:
-        magic, fmt, fresh_until, stale_until, created, delta = _HEAD.unpack_from(data)
+        magic, fmt, fresh_until, stale_until, created, delta, name_length, count = (
+            _HEAD.unpack_from(data)
+        )
         if magic != _MAGIC or fmt != _FORMAT:
             raise ValueError(f"magic/format {magic:#x}/{fmt} is not a buttress cache entry")
-        offset = _HEAD.size
-        length = data[offset]
-        name = data[offset + 1 : offset + 1 + length].decode("ascii")
-        offset += 1 + length
-        (count,) = _U16.unpack_from(data, offset)
-        offset += 2
-        tags = []
-        for _ in range(count):
-            (length,) = _U16.unpack_from(data, offset)
-            tag = data[offset + 2 : offset + 2 + length].decode()
-            offset += 2 + length
-            length = data[offset]
-            version = bytes(data[offset + 1 : offset + 1 + length])
-            offset += 1 + length
-            tags.append((tag, version))
+        offset = _HEAD.size + name_length
+        name = data[_HEAD.size : offset]
+        tags: tuple[tuple[str, bytes], ...] = ()
+        if count:
+            tags, offset = _read_tags(data, offset, count)
         if offset > len(data):
             raise ValueError("truncated envelope")
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise SerializationError(
             "a cache entry could not be read", detail=f"bad envelope: {exc}"
         ) from exc
-    entry = Entry(None, fresh_until, stale_until, created, delta, tuple(tags))
-    return entry, name, memoryview(data)[offset:]
+    return Entry(None, fresh_until, stale_until, created, delta, tags), name, offset
+
+
+def _read_tags(data: bytes, offset: int, count: int) -> tuple[tuple[tuple[str, bytes], ...], int]:
+    tags = []
+    for _ in range(count):
+        (length,) = _U16.unpack_from(data, offset)
+        tag = data[offset + 2 : offset + 2 + length].decode()
+        offset += 2 + length
+        length = data[offset]
+        version = data[offset + 1 : offset + 1 + length]
+        offset += 1 + length
+        tags.append((tag, version))
+    return tuple(tags), offset

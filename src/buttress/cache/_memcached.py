@@ -40,7 +40,7 @@ What memcached cannot do, and what the store does instead:
 * No pub/sub: ``publish=`` is ignored and :meth:`~MemcachedStore.subscribe` returns
   ``None``; the cache invalidates memcached by deleting.
 * No key listing in the normal protocol: :meth:`~MemcachedStore.delete_pattern`
-  reads ``lru_crawler metadump all`` from every server, an O(number of keys)
+  reads ``lru_crawler metadump hash`` from every server, an O(number of keys)
   admin operation.
 * A lease is released with ``gets`` then ``cas`` of an already-expired value, so
   only the token that still holds the lease removes it.
@@ -86,6 +86,9 @@ _EXPIRED = -1
 _ADMIN_TIMEOUT = 5.0
 """Per-read timeout of ``lru_crawler metadump``, which streams the whole key space."""
 _DELETE_BATCH = 1000
+_DUMP_COMMANDS = (b"lru_crawler metadump hash", b"lru_crawler metadump all")
+"""Walk the hash table (a complete listing) where the server can, else the LRU queues."""
+_BUSY_RETRIES = 40
 _KEPT_LIMIT = 10_000
 
 
@@ -188,7 +191,7 @@ def _glob(pattern: str) -> Callable[[bytes], bool]:
 class _Server:
     """The idle connections to one memcached server."""
 
-    __slots__ = ("_generation", "_idle", "_lock", "_make", "address", "node")
+    __slots__ = ("_generation", "_idle", "_lock", "_make", "address", "dump_command", "node")
 
     def __init__(self, address: tuple[str, int], make: Callable[[tuple[str, int]], Any]) -> None:
         self.address = address
@@ -197,6 +200,7 @@ class _Server:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._generation = 0
+        self.dump_command = _DUMP_COMMANDS[0]  # downgraded once if the server refuses it
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
@@ -372,9 +376,8 @@ class MemcachedStore:
     ) -> None:
         """One pipelined ``set`` batch per server and distinct expiry; ``publish`` is ignored
         (memcached has no pub/sub)."""
-        latest: dict[str, tuple[bytes, int]] = {}
+        latest: dict[str, tuple[bytes, int]] = {}  # a repeated key: the last one wins
         for key, value, ttl in items:
-            latest.pop(key, None)  # a repeated key: the last one wins, in its place
             latest[key] = (value, _expire(ttl))
         batches: dict[tuple[_Server, int], dict[str, bytes]] = {}
         for key, (value, expire) in latest.items():
@@ -404,9 +407,12 @@ class MemcachedStore:
     def delete_pattern(self, pattern: str) -> int:
         """Delete the keys matching a Redis-style glob; the number of matching keys found.
 
-        Lists every server's keys with ``lru_crawler metadump all`` (memcached 1.4.31+,
-        with the LRU crawler enabled, the default), an admin operation that reads the
-        whole key space; raises ``RuntimeError`` if a server refuses it.
+        Lists every server's keys with ``lru_crawler metadump hash`` (memcached
+        1.6.10+; the LRU crawler must be enabled, the default), an admin operation
+        that walks the whole key space; raises ``RuntimeError`` if a server refuses.
+        The hash walk sees every key present throughout it. Older servers only have
+        ``metadump all``, which walks the LRU queues and can miss a key memcached
+        moves between them meanwhile (one that was just read, say): best effort there.
         """
         matches = _glob(pattern)
         deleted = 0
@@ -422,31 +428,40 @@ class MemcachedStore:
         return await self._run(self.delete_pattern, pattern)
 
     def _dump_keys(self, server: _Server) -> Iterator[bytes]:
-        """The live keys on ``server``, from ``lru_crawler metadump all``."""
-        for attempt in range(20):
-            with socket.create_connection(server.address, timeout=self._connect_timeout) as sock:
-                sock.settimeout(max(self._timeout, _ADMIN_TIMEOUT))
-                sock.sendall(b"lru_crawler metadump all\r\n")
-                lines = _lines(sock)
-                first = next(lines)
-                if first.startswith(b"BUSY") and attempt < 19:
-                    time.sleep(0.05)  # another dump or crawl is running: its turn first
-                    continue
-                if not first.startswith(b"key=") and first != b"END":
-                    reply = first.decode("ascii", "replace")
-                    raise RuntimeError(
-                        f"memcached {server.node} cannot list its keys "
-                        f"(lru_crawler metadump all answered {reply!r}), so delete_pattern "
-                        f"cannot work there; is the LRU crawler disabled?"
-                    )
-                now = time.time()
-                line = first
-                while line != b"END":
-                    key = _dumped_key(line, now)
-                    if key is not None:
-                        yield key
-                    line = next(lines)
-                return
+        """The live keys on ``server``, from ``lru_crawler metadump``."""
+        reply = b""
+        for command in _DUMP_COMMANDS[_DUMP_COMMANDS.index(server.dump_command) :]:
+            for attempt in range(_BUSY_RETRIES + 1):
+                with socket.create_connection(
+                    server.address, timeout=self._connect_timeout
+                ) as sock:
+                    sock.settimeout(max(self._timeout, _ADMIN_TIMEOUT))
+                    sock.sendall(command + b"\r\n")
+                    lines = _lines(sock)
+                    reply = next(lines)
+                    if reply.startswith(b"BUSY") and attempt < _BUSY_RETRIES:
+                        # memcached crawls by itself now and then to reclaim expired
+                        # items, and runs one crawl at a time: wait for our turn.
+                        time.sleep(0.05)
+                        continue
+                    if not reply.startswith(b"key=") and reply != b"END":
+                        break  # refused: an older server, or no crawler at all
+                    server.dump_command = command
+                    now = time.time()
+                    line = reply
+                    while line != b"END":
+                        key = _dumped_key(line, now)
+                        if key is not None:
+                            yield key
+                        line = next(lines)
+                    return
+            if b"disabled" in reply:
+                break
+        answer = reply.decode("ascii", "replace")
+        raise RuntimeError(
+            f"memcached {server.node} cannot list its keys (lru_crawler metadump answered "
+            f"{answer!r}), so delete_pattern cannot work there; is the LRU crawler disabled?"
+        )
 
     # -- tag versions and leases ---------------------------------------------
 

@@ -544,7 +544,9 @@ class MemoryCache(Generic[K, V]):
                 listener(key, value, cause)
             except Exception:
                 # The key is not logged: cache keys can carry tokens or ids.
-                _log.exception("MemoryCache: on_removal %r failed (cause %s)", listener, cause.value)
+                _log.exception(
+                    "MemoryCache: on_removal %r failed (cause %s)", listener, cause.value
+                )
 
     def _weigh(self, key: K, value: V) -> int:
         weight = self._weigher(key, value)  # type: ignore[misc]

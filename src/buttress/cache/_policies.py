@@ -390,6 +390,7 @@ _PERCENT_MAIN_PROTECTED = 0.80
 _CLIMB_RESTART_THRESHOLD = 0.05
 _CLIMB_STEP_PERCENT = 0.0625
 _CLIMB_STEP_DECAY = 0.98
+_CLIMB_MIN_SAMPLE = 0  # requests per hill-climbing sample, at least
 _QUEUE_TRANSFER_LIMIT = 1000
 _ADMIT_HASHDOS_THRESHOLD = 6
 _INITIAL_SKETCH = 256
@@ -429,7 +430,9 @@ class TinyLfuPolicy(Policy):
         self._protected: OrderedDict[Hashable, Node] = OrderedDict()
         self._window_weight = 0
         self._protected_weight = 0
-        self._sketch = FrequencySketch(_INITIAL_SKETCH if weighted else min(max_size, _INITIAL_SKETCH))
+        self._sketch = FrequencySketch(
+            _INITIAL_SKETCH if weighted else min(max_size, _INITIAL_SKETCH)
+        )
         self._window_max = self._protected_max = 0
         self._hits_in_sample = self._misses_in_sample = self._adjustment = 0
         self._previous_hit_rate = self._step = 0.0
@@ -563,33 +566,48 @@ class TinyLfuPolicy(Policy):
     # -- eviction ----------------------------------------------------------------------
 
     def evict(self, excess: int) -> list[Node]:
-        candidates: list[Node] = []
-        if self._window_weight > self._window_max:
-            window, probation = self._window, self._probation
-            while self._window_weight > self._window_max and window:
-                key, node = window.popitem(last=False)
-                probation[key] = node
-                node.queue = probation
-                self._window_weight -= node.weight
-                candidates.append(node)
-        evicted: list[Node] = []
-        if excess > 0:
-            self._evict_main(candidates, excess, evicted)
+        candidates = self._spill_window() if self._window_weight > self._window_max else None
+        evicted = self._evict_main(candidates, excess) if excess > 0 else []
         if self._samples >= self._period:  # insert-only traffic ages the counts too
             self._age()
-        self._climb()
+        if not self._warm:
+            # Caffeine starts climbing once its sketch exists, at half full.
+            if 2 * self.weight < self.max_size:
+                self._hits_in_sample = self._misses_in_sample = 0
+                return evicted
+            self._warm = True
+        if (
+            self._adjustment
+            or self._hits_in_sample + self._misses_in_sample >= self._climb_sample()
+        ):
+            self._climb()
         return evicted
 
-    def _evict_main(self, candidates: list[Node], excess: int, evicted: list[Node]) -> None:
+    def _spill_window(self) -> list[Node]:
+        """Move the window's overflow, oldest first, to probation: the candidates."""
+        window, probation = self._window, self._probation
+        candidates = []
+        while self._window_weight > self._window_max and window:
+            key, node = window.popitem(last=False)
+            probation[key] = node
+            node.queue = probation
+            self._window_weight -= node.weight
+            candidates.append(node)
+        return candidates
+
+    def _evict_main(self, candidates: list[Node] | None, excess: int) -> list[Node]:
         """Each window leaver (candidate) duels the probation LRU (victim); the loser goes."""
         window, probation, protected = self._window, self._probation, self._protected
+        evicted: list[Node] = []
         index = 0
+        count = 0 if candidates is None else len(candidates)
         while excess > 0:
             candidate = None
-            while index < len(candidates):
-                if candidates[index].queue is probation:
-                    candidate = candidates[index]
+            while index < count:
+                candidate = candidates[index]  # type: ignore[index]
+                if candidate.queue is probation:
                     break
+                candidate = None
                 index += 1
             if candidate is None and window:
                 candidate = _first(window)
@@ -612,6 +630,7 @@ class TinyLfuPolicy(Policy):
             self._unlink(loser)
             excess -= loser.weight
             evicted.append(loser)
+        return evicted
 
     @staticmethod
     def _admit(candidate: Node, victim: Node) -> bool:
@@ -627,14 +646,12 @@ class TinyLfuPolicy(Policy):
 
     # -- hill climbing -------------------------------------------------------------------
 
+    def _climb_sample(self) -> int:
+        return max(self._period, _CLIMB_MIN_SAMPLE)
+
     def _climb(self) -> None:
-        if not self._warm:
-            if 2 * self.weight < self.max_size:
-                self._hits_in_sample = self._misses_in_sample = 0
-                return
-            self._warm = True
         requests = self._hits_in_sample + self._misses_in_sample
-        if requests >= self._period:
+        if requests >= self._climb_sample():
             hit_rate = self._hits_in_sample / requests
             change = hit_rate - self._previous_hit_rate
             amount = self._step if change >= 0 else -self._step

@@ -242,22 +242,22 @@ class RedisStore:
             # An async generator suspended in its try block: the loop finalizes it
             # at shutdown (shutdown_asyncgens), which closes the client in the
             # loop that owns its connections.
-            closer = self._close_with_loop(loop, bound)
+            closer = self._close_with_loop(bound)
             await anext(closer)
             bound.closer = closer
         with self._lock:
             self._loop_clients[loop] = bound
         return bound
 
-    async def _close_with_loop(
-        self, loop: asyncio.AbstractEventLoop, bound: _LoopClient
-    ) -> AsyncIterator[None]:
+    async def _close_with_loop(self, bound: _LoopClient) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            # Finalized in its own loop: at loop shutdown, or by aclose()/close().
             with self._lock:
-                if self._loop_clients.get(loop) is bound:
-                    del self._loop_clients[loop]
+                for loop, entry in list(self._loop_clients.items()):
+                    if entry is bound:
+                        del self._loop_clients[loop]
             await bound.client.aclose()
 
     # -- reads and writes ----------------------------------------------------
@@ -402,9 +402,10 @@ class RedisStore:
     ) -> RedisSubscription:
         """Start a daemon thread delivering ``channel``'s messages (see :class:`RedisSubscription`).
 
-        Waits up to ``connect_timeout + timeout`` for the subscription to be in
-        place, so a message published after this returns is normally delivered;
-        if Redis is down it returns anyway, and the thread keeps trying.
+        Waits for the first attempt to subscribe (up to ``connect_timeout`` plus a
+        few ``timeout``, at least a second), so a message published after this
+        returns is delivered; if Redis is down it returns anyway (``on_lost`` has
+        been called) and the thread keeps trying.
         """
         import redis  # noqa: PLC0415
 
@@ -425,7 +426,7 @@ class RedisStore:
         )
         with self._lock:
             self._subscriptions.add(subscription)
-        subscription.wait_subscribed(self._connect_timeout + self._timeout)
+        subscription.wait_first_attempt(max(1.0, self._connect_timeout + 4 * self._timeout))
         return subscription
 
     def close(self) -> None:
@@ -530,6 +531,7 @@ class RedisSubscription:
         self._timeout = timeout
         self._stop = threading.Event()
         self._subscribed = threading.Event()
+        self._attempted = threading.Event()
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self._thread.start()
 
@@ -545,6 +547,10 @@ class RedisSubscription:
     @property
     def closed(self) -> bool:
         return self._stop.is_set()
+
+    def wait_first_attempt(self, timeout: float | None = None) -> bool:
+        """Block until the first attempt to subscribe succeeded or failed."""
+        return self._attempted.wait(timeout)
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
         """Block until the subscription is in place; False if ``timeout`` ran out first."""
@@ -577,6 +583,7 @@ class RedisSubscription:
                     if not lost:
                         lost = True
                         self._notify_lost()
+                    self._attempted.set()
                     self._stop.wait(delay)
                     delay = min(delay * 2, _BACKOFF_MAX)
                 finally:
@@ -594,6 +601,7 @@ class RedisSubscription:
             message = pubsub.get_message(timeout=_POLL)
             if message is not None and message["type"] == "subscribe":
                 self._subscribed.set()
+                self._attempted.set()
                 return
             if message is not None and message["type"] == "message":
                 self._deliver(message["data"])

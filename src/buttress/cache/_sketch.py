@@ -26,58 +26,61 @@ MAX_FREQUENCY = 15
 
 _MASK64 = (1 << 64) - 1
 _HALVE = bytes(i >> 1 for i in range(256))
-_COUNTERS_PER_ENTRY = 4  # per row; four rows, so 16 one-byte counters per entry as Caffeine
-
-
-def _mix(key: Hashable) -> int:
-    """A well-spread 64-bit hash (splitmix64's finaliser): ``hash(7) == 7`` is no spread."""
-    h = hash(key) & _MASK64
-    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return h ^ (h >> 31)
+_COUNTERS_PER_ENTRY = 4  # per row, four rows: 16 one-byte counters per entry, as Caffeine
+_MAX_ROW_BITS = 25  # four 13-bit-apart slices of a 64-bit hash: rows of up to 2**25 counters
 
 
 class FrequencySketch:
     """A count-min sketch of depth 4 with 4-bit (saturating) counters and aging.
 
-    One counter per row is chosen by double hashing; a key's estimate is the
-    smallest of its four counters, which may overstate (collisions) but never
-    understates what was recorded since the last :meth:`halve`.
+    A key's four counters, one per row, are picked by four slices of one
+    64-bit hash; its estimate is the smallest of them, which may overstate
+    (collisions) but never understates what was recorded since the last
+    :meth:`halve`. Counters are bytes rather than packed nibbles: Python pays
+    per operation, not per byte.
     """
 
-    __slots__ = ("_mask", "_row", "_table", "capacity")
+    __slots__ = ("_mask", "_rows", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = 0
-        self._table = bytearray()
+        self._rows: tuple[bytearray, bytearray, bytearray, bytearray] = (
+            bytearray(),
+            bytearray(),
+            bytearray(),
+            bytearray(),
+        )
         self._mask = 0
-        self._row = 0
         self.resize(capacity)
 
     def resize(self, capacity: int) -> None:
         """Size the table for ``capacity`` entries; the counts start over."""
         capacity = max(capacity, 1)
-        width = 1 << max(4, (capacity * _COUNTERS_PER_ENTRY - 1).bit_length())
+        bits = min(_MAX_ROW_BITS, max(4, (capacity * _COUNTERS_PER_ENTRY - 1).bit_length()))
         self.capacity = capacity
-        self._row = width
-        self._mask = width - 1
-        self._table = bytearray(4 * width)
-
-    def _slots(self, key: Hashable) -> tuple[int, int, int, int]:
-        h = _mix(key)
-        a, b, mask, row = h & 0xFFFFFFFF, (h >> 32) | 1, self._mask, self._row
-        return (
-            a & mask,
-            row + ((a + b) & mask),
-            2 * row + ((a + 2 * b) & mask),
-            3 * row + ((a + 3 * b) & mask),
+        self._mask = (1 << bits) - 1
+        self._rows = (
+            bytearray(1 << bits),
+            bytearray(1 << bits),
+            bytearray(1 << bits),
+            bytearray(1 << bits),
         )
 
     def frequency(self, key: Hashable) -> int:
         """The estimated count of ``key``: 0 to :data:`MAX_FREQUENCY`."""
-        table = self._table
-        i, j, k, m = self._slots(key)
-        return min(table[i], table[j], table[k], table[m])
+        # hash((key,)) mixes in C; hash(key) alone is the identity on small ints.
+        h = hash((key,)) & _MASK64
+        mask = self._mask
+        row0, row1, row2, row3 = self._rows
+        found = row0[h & mask]
+        count = row1[(h >> 13) & mask]
+        if count < found:
+            found = count
+        count = row2[(h >> 26) & mask]
+        if count < found:
+            found = count
+        count = row3[(h >> 39) & mask]
+        return count if count < found else found
 
     def raise_to(self, key: Hashable, count: int) -> None:
         """Make ``frequency(key)`` at least ``count`` (capped at 15), touching nothing else.
@@ -86,17 +89,35 @@ class FrequencySketch:
         it back here when the key leaves; raising each counter to the count is a
         conservative update, so other keys' estimates grow as little as possible.
         """
-        count = min(count, MAX_FREQUENCY)
-        if count <= 0:
+        if count > MAX_FREQUENCY:
+            count = MAX_FREQUENCY
+        elif count <= 0:
             return
-        table = self._table
-        for slot in self._slots(key):
-            if table[slot] < count:
-                table[slot] = count
+        h = hash((key,)) & _MASK64
+        mask = self._mask
+        row0, row1, row2, row3 = self._rows
+        index = h & mask
+        if row0[index] < count:
+            row0[index] = count
+        index = (h >> 13) & mask
+        if row1[index] < count:
+            row1[index] = count
+        index = (h >> 26) & mask
+        if row2[index] < count:
+            row2[index] = count
+        index = (h >> 39) & mask
+        if row3[index] < count:
+            row3[index] = count
 
     def halve(self) -> None:
         """Age every counter: halve it (a table lookup per byte, done in C)."""
-        self._table = self._table.translate(_HALVE)
+        row0, row1, row2, row3 = self._rows
+        self._rows = (
+            row0.translate(_HALVE),
+            row1.translate(_HALVE),
+            row2.translate(_HALVE),
+            row3.translate(_HALVE),
+        )
 
     def clear(self) -> None:
-        self._table = bytearray(len(self._table))
+        self.resize(self.capacity)

@@ -43,7 +43,9 @@ class Store(Protocol):
 
     async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    def set_many(self, items: Sequence[SetItem], *, publish: tuple[str, bytes] | None = None) -> None:
+    def set_many(
+        self, items: Sequence[SetItem], *, publish: tuple[str, bytes] | None = None
+    ) -> None:
         """Store every item in one round trip; also publish ``(channel, message)`` if given."""
         ...
 
