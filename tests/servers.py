@@ -76,10 +76,12 @@ def reap_orphans() -> None:
         return
     for entry in _REGISTRY.iterdir():
         try:
-            pid, owner = int(entry.name), int(entry.read_text().split()[0])
-        except (ValueError, IndexError, OSError):
+            pid = int(entry.name)
+            owner, _, directory = entry.read_text().partition("\n")
+            owner_pid = int(owner)
+        except (ValueError, OSError):
             continue
-        if _alive(owner):
+        if _alive(owner_pid):
             continue  # its test run (maybe this one) is still going
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -89,6 +91,9 @@ def reap_orphans() -> None:
         if any(name in cmdline for name in (b"redis-server", b"memcached")):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        leftover = Path(directory.strip())
+        if directory.strip() and leftover.name.startswith("buttress-"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a temporary one it made
         entry.unlink(missing_ok=True)
 
 
@@ -203,7 +208,8 @@ class ServerProcess:
         self._paused = False
         _LIVE[self._process.pid] = self
         _REGISTRY.mkdir(parents=True, exist_ok=True)
-        (_REGISTRY / str(self._process.pid)).write_text(f"{os.getpid()}\n")
+        owned = str(self.directory) if self._owns_directory else ""
+        (_REGISTRY / str(self._process.pid)).write_text(f"{os.getpid()}\n{owned}\n")
         try:
             self._wait_ready()
         except BaseException:

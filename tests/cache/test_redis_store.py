@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,12 +19,14 @@ import redis.asyncio
 
 from buttress.cache._redis import RedisStore, RedisSubscription, _milliseconds
 from buttress.cache._store import Store, Subscription
-from servers import RedisServer
+from servers import RedisServer, ServerError, reap_orphans
 
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[RedisStore]:
-    store = RedisStore(redis_url)
+    # Generous: these tests are about behaviour, not speed, and a loaded machine
+    # stalls for more than the 50 ms default now and then.
+    store = RedisStore(redis_url, timeout=2.0)
     yield store
     store.close()
 
@@ -355,7 +359,7 @@ def test_subscribe_delivers_messages(store: RedisStore) -> None:
 
 
 def test_subscription_reports_loss_and_recovery(fresh_redis: RedisServer) -> None:
-    store = RedisStore(fresh_redis.url)
+    store = RedisStore(fresh_redis.url, timeout=1.0)
     recorder = Recorder()
     subscription = store.subscribe("inval", recorder.on_message, recorder.on_lost)
     store.delete_many([], publish=("inval", b"before"))
@@ -384,7 +388,7 @@ def test_a_silent_connection_counts_as_lost(
     import buttress.cache._redis as module
 
     monkeypatch.setattr(module, "_KEEPALIVE", 0.2)
-    store = RedisStore(fresh_redis.url)
+    store = RedisStore(fresh_redis.url, timeout=1.0)
     recorder = Recorder()
     subscription = store.subscribe("inval", recorder.on_message, recorder.on_lost)
     time.sleep(0.5)  # quiet, but answering PINGs: not lost
@@ -401,7 +405,7 @@ def test_a_silent_connection_counts_as_lost(
 
 def test_subscribe_while_the_server_is_down(fresh_redis: RedisServer) -> None:
     fresh_redis.kill()
-    store = RedisStore(fresh_redis.url)
+    store = RedisStore(fresh_redis.url, timeout=1.0)
     recorder = Recorder()
     subscription = store.subscribe("inval", recorder.on_message, recorder.on_lost)
     assert recorder.wait(lambda: recorder.lost == 1)  # messages may be missed until up
@@ -463,20 +467,20 @@ def test_a_paused_server_times_out(fresh_redis: RedisServer) -> None:
 async def test_a_sleeping_server_times_out_async(fresh_redis: RedisServer) -> None:
     store = RedisStore(fresh_redis.url, timeout=0.1)
     await store.aset_many([("a", b"1", None)])
-    sleeper = threading.Thread(target=fresh_redis.command, args=("DEBUG", "SLEEP", "0.6"))
-    sleeper.start()
-    await asyncio.sleep(0.05)  # DEBUG SLEEP has started
-    started = time.monotonic()
-    with pytest.raises(redis.TimeoutError):
-        await store.aget_many(["a"])
-    assert time.monotonic() - started < 0.5
-    sleeper.join()
+    with socket.create_connection((fresh_redis.host, fresh_redis.port), timeout=5.0) as sleeper:
+        sleeper.sendall(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.6\r\n")
+        await asyncio.sleep(0.05)  # an idle server takes it at once, then sleeps
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            await store.aget_many(["a"])
+        assert time.monotonic() - started < 0.5
+        assert sleeper.recv(100) == b"+OK\r\n"  # the sleep is over
     assert await store.aget_many(["a"]) == [b"1"]
     await store.aclose()
 
 
 def test_errors_raise_while_down_and_recovery_needs_no_restart(fresh_redis: RedisServer) -> None:
-    store = RedisStore(fresh_redis.url)
+    store = RedisStore(fresh_redis.url, timeout=1.0)
     store.set_many([("a", b"1", None)])  # a pooled connection now exists
     fresh_redis.kill()
     for call in (
@@ -493,8 +497,30 @@ def test_errors_raise_while_down_and_recovery_needs_no_restart(fresh_redis: Redi
     store.close()
 
 
+def test_a_restart_fails_no_call(fresh_redis: RedisServer) -> None:
+    store = RedisStore(fresh_redis.url, timeout=1.0)
+    store.set_many([("a", b"1", None)])  # a pooled connection now exists
+    fresh_redis.stop()
+    fresh_redis.start()
+    store.set_many([("a", b"2", None)])  # its dead socket is replaced at checkout
+    assert store.get_many(["a"]) == [b"2"]
+    store.close()
+
+
+async def test_a_restart_fails_no_call_async(fresh_redis: RedisServer) -> None:
+    store = RedisStore(fresh_redis.url, timeout=1.0)
+    await store.aset_many([("a", b"1", None)])
+    # The loop runs meanwhile, as in a service, and sees the server close the
+    # pooled socket; the pool then replaces it at checkout.
+    await asyncio.to_thread(fresh_redis.stop)
+    await asyncio.to_thread(fresh_redis.start)
+    await store.aset_many([("a", b"2", None)])
+    assert await store.aget_many(["a"]) == [b"2"]
+    await store.aclose()
+
+
 async def test_errors_raise_while_down_async(fresh_redis: RedisServer) -> None:
-    store = RedisStore(fresh_redis.url)
+    store = RedisStore(fresh_redis.url, timeout=1.0)
     await store.aping()
     fresh_redis.kill()
     with pytest.raises(redis.ConnectionError):
@@ -583,3 +609,50 @@ def test_a_given_client_is_used(redis_url: str, admin: redis.Redis) -> None:
     store.close()
     assert client.get("a") == b"1"
     client.close()
+
+
+# -- the server fixtures themselves -------------------------------------------
+
+
+def _process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` ("Z": dead, not yet reaped), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_servers_of_a_killed_test_run_are_reaped() -> None:
+    """A test run killed outright (SIGKILL) leaves its servers behind; the next run
+    kills them."""
+    code = (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]);"
+        "from servers import RedisServer; server = RedisServer().start();"
+        "print(server.pid, server.directory, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    tests = str(Path(__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code, tests], capture_output=True, text=True, check=False
+    )
+    pid, directory = result.stdout.split()
+    orphan = int(pid)
+    assert _process_state(orphan) not in (None, "Z"), "the orphan should still run"
+    assert Path(directory).is_dir()
+    reap_orphans()
+    assert _eventually(lambda: _process_state(orphan) in (None, "Z"))
+    assert not Path(directory).exists()
+
+
+def test_a_missing_server_binary_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerError, match=r"redis-server not found on PATH.*make servers"):
+        RedisServer(tmp_path).start()
+
+
+def test_a_server_that_cannot_start_shows_its_output(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, arguments=["--no-such-option", "1"])
+    with pytest.raises(ServerError, match=r"(?s)exited with status.*no-such-option"):
+        server.start()
+    assert not server.running

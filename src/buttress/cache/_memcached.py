@@ -11,8 +11,8 @@ Why pymemcache: it is maintained (Pinterest), pure Python (no C library to build
 unlike pylibmc, which needs libmemcached), speaks the text protocol with
 ``gets``/``cas``/``add``/``touch`` and multi-key get, and has per-socket connect
 and I/O timeouts, which a cache tier that must fail fast needs. aiomcache is
-async only (the sync cache would need a second client) and has no ``touch`` or
-server hashing worth building on. The store drives pymemcache's single-connection
+async only (the sync cache would need a second client and its logic twice) and
+talks to a single server. The store drives pymemcache's single-connection
 ``Client`` itself:
 
 * a small pool per server, at most ``max_connections`` calls in flight across all
@@ -407,12 +407,13 @@ class MemcachedStore:
     def delete_pattern(self, pattern: str) -> int:
         """Delete the keys matching a Redis-style glob; the number of matching keys found.
 
-        Lists every server's keys with ``lru_crawler metadump hash`` (memcached
-        1.6.10+; the LRU crawler must be enabled, the default), an admin operation
-        that walks the whole key space; raises ``RuntimeError`` if a server refuses.
-        The hash walk sees every key present throughout it. Older servers only have
-        ``metadump all``, which walks the LRU queues and can miss a key memcached
-        moves between them meanwhile (one that was just read, say): best effort there.
+        Lists every server's keys with ``lru_crawler metadump hash`` (recent 1.6
+        releases, 1.6.18 among them; the LRU crawler must be enabled, the default),
+        an admin operation that walks the whole key space; raises ``RuntimeError``
+        if a server refuses. The hash walk sees every key present throughout it.
+        Older servers only have ``metadump all``, which walks the LRU queues and
+        can miss a key memcached moves between them meanwhile (one that was just
+        read, say): best effort there.
         """
         matches = _glob(pattern)
         deleted = 0

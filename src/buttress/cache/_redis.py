@@ -9,14 +9,15 @@
     >>> await store.aget_many(["k"])
     [b'v']
 
-Every call is one round trip (a pipeline when it sends several commands) and is
-bounded by ``timeout`` (socket reads and writes, 50 ms by default) and
-``connect_timeout``; a pool of at most ``max_connections`` connections is shared by
-the calling threads, and a caller waits at most ``timeout`` for a free one. redis-py
-does not retry here: a failure raises at once (a redis-py ``ConnectionError`` or
-``TimeoutError``), and the cache above counts it and trips the tier's breaker.
-A pooled connection the server closed (a restart) is noticed and replaced when
-it is checked out, so only calls in flight during an outage fail.
+Every call but ``delete_pattern`` is one round trip (a pipeline when it sends
+several commands), and every round trip is bounded by ``timeout`` (socket reads
+and writes, 50 ms by default) and ``connect_timeout``. A pool of at most
+``max_connections`` connections is shared by the calling threads; a caller waits
+at most ``timeout`` for a free one. redis-py does not retry here: a failure raises
+at once (a redis-py ``ConnectionError`` or ``TimeoutError``), and the cache above
+counts it and trips the tier's breaker. A pooled connection the server closed (a
+restart) is noticed and replaced when it is checked out, so only calls in flight
+during an outage fail.
 
 The async methods use ``redis.asyncio``. Its connections belong to the event loop
 that opened them, so the store keeps one async client per running loop: a second
@@ -39,7 +40,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -118,7 +119,7 @@ class _LoopClient:
     def __init__(self, client: redis.asyncio.Redis, release: AsyncScript) -> None:
         self.client = client
         self.release = release
-        self.closer: AsyncIterator[None] | None = None
+        self.closer: AsyncGenerator[None, None] | None = None
 
 
 class RedisStore:
@@ -205,6 +206,10 @@ class RedisStore:
             "socket_connect_timeout": self._connect_timeout,
             # No retries in the driver: the breaker above decides what a failure means.
             "retry": Retry(NoBackoff(), 0),
+            # RESP2: with RESP3, redis-py 8 turns on "maintenance notifications",
+            # which stretch socket timeouts during server maintenance and skip the
+            # check that replaces a pooled socket the server has closed.
+            "protocol": 2,
         }
 
     def _sync_pool(self) -> redis.BlockingConnectionPool:
@@ -249,7 +254,7 @@ class RedisStore:
             self._loop_clients[loop] = bound
         return bound
 
-    async def _close_with_loop(self, bound: _LoopClient) -> AsyncIterator[None]:
+    async def _close_with_loop(self, bound: _LoopClient) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
@@ -444,7 +449,7 @@ class RedisStore:
             subscription.close()
         for loop, entry in bound:
             if entry.closer is not None and loop.is_running() and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     asyncio.run_coroutine_threadsafe(_finish(entry.closer), loop)
         if self._owns_client:
             self._client.connection_pool.disconnect()
@@ -454,15 +459,14 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         entry = self._loop_clients.get(loop)
         if entry is not None and entry.closer is not None:
-            await _finish(entry.closer)
+            await entry.closer.aclose()
         # Joining subscriber threads blocks; keep it off the loop.
         await asyncio.to_thread(self.close)
 
 
-async def _finish(closer: AsyncIterator[None]) -> None:
-    aclose: Callable[[], Any] | None = getattr(closer, "aclose", None)
-    if aclose is not None:
-        await aclose()
+async def _finish(closer: AsyncGenerator[None, None]) -> None:
+    """``closer.aclose()`` as a coroutine, for ``run_coroutine_threadsafe``."""
+    await closer.aclose()
 
 
 def _queue_sets(pipe: Any, items: Sequence[SetItem], publish: tuple[str, bytes] | None) -> None:
