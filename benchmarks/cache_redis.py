@@ -27,7 +27,7 @@ from _harness import Report, Target, machine_facts, ratio, version_of
 from buttress.cache import Cache, RedisStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import RedisServer  # noqa: E402
+from servers import RedisServer
 
 KEYS = [f"bench:{i}" for i in range(1000)]
 CASHEWS_KEYS = ["c:" + key for key in KEYS]
@@ -46,7 +46,7 @@ class Candidates:
 
     async def setup(self) -> None:
         self.raw = aioredis.Redis.from_url(self.url)
-        await self.raw.mset({key: b"x" * 60 for key in KEYS})
+        await self.raw.mset(dict.fromkeys(KEYS, b"x" * 60))
         self.ours = Cache([RedisStore(self.url, timeout=1.0)], namespace="b", ttl=None)
         await self.ours.set_many(dict.fromkeys(KEYS, VALUE))
         self.cashews = CashewsCache()
@@ -140,7 +140,7 @@ def report(title: str, timings: dict[str, float], raw: str, note: str) -> Report
     share = timings[raw] / timings[ours]
     table.targets.append(
         Target(
-            f"{title.split('.')[0]}: buttress at least 0.85x raw redis-py",
+            f"{title.split('.', maxsplit=1)[0]}: buttress at least 0.85x raw redis-py",
             f"{share:.2f}x",
             share >= 0.85,
         )

@@ -7,6 +7,7 @@ import importlib
 import pytest
 
 import buttress
+import buttress.cache
 import buttress.resilience
 
 CONTRACT = [
@@ -41,11 +42,39 @@ def test_manual_clock_lives_in_buttress_clock() -> None:
     assert ManualClock is FromTesting
 
 
-@pytest.mark.parametrize("module", [buttress, buttress.resilience])
+CACHE_CONTRACT = ["Cache", "MemoryCache", "SyncCache", "RedisStore", "MemcachedStore", "cached"]
+
+
+@pytest.mark.parametrize("name", CACHE_CONTRACT)
+def test_cache_contract_names_are_importable(name: str) -> None:
+    """`from buttress.cache import MemoryCache, Cache` and friends, as DESIGN.md shows."""
+    assert name in buttress.cache.__all__
+    assert getattr(buttress.cache, name) is not None
+
+
+@pytest.mark.parametrize(
+    "private",
+    ["_cache", "_compression", "_memory", "_missing", "_serializers", "_store", "_tier"],
+)
+def test_cache_reexports_its_modules_public_names(private: str) -> None:
+    """What a cache module exports publicly is importable from buttress.cache."""
+    module = importlib.import_module(f"buttress.cache.{private}")
+    public = {name for name in module.__all__ if not name.startswith("_")}
+    internal = {"FAILED", "RemoteTier", "TierCall", "RAW", "ZSTD", "serializer_from_name"}
+    assert set() == public - internal - set(buttress.cache.__all__)
+
+
+def test_cache_classes_say_they_live_in_buttress_cache() -> None:
+    assert "buttress.cache" == buttress.cache.Cache.__module__
+    assert "buttress.cache" == buttress.cache.MemoryCache.__module__
+
+
+@pytest.mark.parametrize("module", [buttress, buttress.resilience, buttress.cache])
 def test_all_is_sorted_and_resolves(module: object) -> None:
     """__all__ is sorted, and each name in it exists."""
     names = list(module.__all__)  # type: ignore[attr-defined]
-    assert sorted(names) == names
+    # isort order, as ruff keeps it: CONSTANTS, then Classes, then functions.
+    assert sorted(names, key=lambda n: (not n.isupper(), not n[0].isupper(), n)) == names
     for name in names:
         assert hasattr(module, name), name
 
