@@ -14,6 +14,7 @@ from types import FunctionType
 from buttress.cache._cache import Cache, SyncCache, cached
 from buttress.cache._compression import Compression
 from buttress.cache._core import CacheResult, TieredStats, WarmReport
+from buttress.cache._decorator import AsyncCachedFunction, CachedDecorator, CachedFunction
 from buttress.cache._memcached import MemcachedStore
 from buttress.cache._memory import CacheStats, MemoryCache, RemovalCause
 from buttress.cache._missing import MISSING, Missing
@@ -29,9 +30,12 @@ from buttress.cache._tier import TierStats
 
 __all__ = [
     "MISSING",
+    "AsyncCachedFunction",
     "Cache",
     "CacheResult",
     "CacheStats",
+    "CachedDecorator",
+    "CachedFunction",
     "Compression",
     "JsonSerializer",
     "MemcachedStore",

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from buttress.cache._compression import Compression
 from buttress.cache._core import CacheCore, CacheResult, TieredStats, WarmReport
-from buttress.cache._decorator import make_cached
+from buttress.cache._decorator import CachedDecorator, make_cached
 from buttress.cache._memcached import MemcachedStore
 from buttress.cache._memory import MemoryCache
 from buttress.cache._missing import MISSING
@@ -372,7 +372,7 @@ class Cache(_Facade):
         key: Callable[..., str] | None = None,
         category: str | None = None,
         noself: bool = False,
-    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    ) -> CachedDecorator:
         """Decorator form of :meth:`get_or_set`; see :func:`buttress.cache.cached`."""
         return cached(self, ttl=ttl, tags=tags, key=key, category=category, noself=noself)
 
@@ -412,8 +412,11 @@ class SyncCache(_Facade):
         value = drive(core.get(full), core.sync_runtime)
         return default if value is MISSING else value
 
-    def __contains__(self, key: str) -> bool:
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` has a fresh value in some tier (also ``key in cache``)."""
         return bool(self._run(self._core.contains(self._core.full_key(key))))
+
+    __contains__ = contains
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         core = self._core
@@ -543,7 +546,7 @@ class SyncCache(_Facade):
         key: Callable[..., str] | None = None,
         category: str | None = None,
         noself: bool = False,
-    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    ) -> CachedDecorator:
         """Decorator form of :meth:`get_or_set`; see :func:`buttress.cache.cached`."""
         return cached(self, ttl=ttl, tags=tags, key=key, category=category, noself=noself)
 
@@ -556,7 +559,7 @@ def cached(
     key: Callable[..., str] | None = None,
     category: str | None = None,
     noself: bool = False,
-) -> Callable[[Callable[..., T]], Callable[..., T]]:
+) -> CachedDecorator:
     """Cache a ``def`` or ``async def`` function's results in ``cache``.
 
     >>> @cached(cache, ttl=60, tags=["user:{user_id}"])

@@ -9,6 +9,7 @@ so the two faces of one cache share their tiers, single-flight, stats and L1.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -55,6 +56,7 @@ _TAG_PREFIX = "__tag__:"
 _LEASE_PREFIX = "__lease__:"
 _CHANNEL = "__invalidate__"
 _INF = math.inf
+_MAX_MARKS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,21 +175,9 @@ class CacheCore:
             else _positive(where, "early_expiration", early_expiration)
         )
         self.lease_ttl = _seconds_or_none(where, "lease", lease)
-        threshold = check_int(where, "tier_failure_threshold", tier_failure_threshold, minimum=1)
-        recovery = check_seconds(where, "tier_recovery_timeout", tier_recovery_timeout)
-        self.remotes = [
-            RemoteTier(
-                store,
-                CircuitBreaker(
-                    f"cache.{name}.{store.name}",
-                    failure_threshold=threshold,
-                    recovery_timeout=recovery,
-                    on=Exception,
-                    clock=self.clock,
-                ),
-            )
-            for store in remotes
-        ]
+        self.remotes = self._remote_tiers(
+            where, remotes, tier_failure_threshold, tier_recovery_timeout
+        )
         for tier in self.remotes:
             tier.breaker.add_listener(self._tier_state_changed, kinds=("state_change",))
         self.authority = self.remotes[0] if self.remotes else None
@@ -199,10 +189,16 @@ class CacheCore:
         self.strict_keys = any(s.name == "memcached" for s in remotes)
         self.channel = self.prefix + _CHANNEL
         self.origin = uuid.uuid4().hex[:16].encode()
-        self.l1_epoch = 0
+        # Invalidation bookkeeping: a read or load copies a value into a tier
+        # only if its key was not invalidated since it started (see unchanged()).
+        self.seq = 0
+        self.barrier = 0
+        self.invalidated: dict[str, int] = {}
         self.tag_index: dict[str, set[str]] = {}
+        self.tag_index_size = 0  # entries added since the last pruning, roughly
+        self.tag_index_floor = 0
         self.tag_lock = threading.Lock()
-        self.refreshing: set[str] = set()
+        self.refreshing: dict[str, float] = {}  # key -> when its refresh started
         self.loads = 0
         self.load_errors = 0
         self.stale_served = 0
@@ -221,13 +217,39 @@ class CacheCore:
                 clock=self.clock,
             )
         )
+        self._start_coherence(coherence)
+
+    def _start_coherence(self, coherence: bool) -> None:
+        """Listen for other processes' invalidations (when a Redis tier carries them)."""
         self.channel_tier = next((tier for tier in self.remotes if tier.name == "redis"), None)
         self.coherence = coherence
         self.subscription: Subscription | None = None
-        if coherence and self.l1 is not None and self.channel_tier is not None:
+        # Subscribed even without L1: a message also stops in-flight reads from
+        # copying a just-deleted value into an upper tier.
+        if coherence and self.channel_tier is not None:
             self.subscription = self.channel_tier.store.subscribe(
                 self.channel, self._remote_invalidation, self._channel_lost
             )
+
+    def _remote_tiers(
+        self, where: str, stores: list[Store], failure_threshold: int, recovery_timeout: Duration
+    ) -> list[RemoteTier]:
+        """One breaker per store: a failing tier is skipped, then probed again."""
+        threshold = check_int(where, "tier_failure_threshold", failure_threshold, minimum=1)
+        recovery = check_seconds(where, "tier_recovery_timeout", recovery_timeout)
+        return [
+            RemoteTier(
+                store,
+                CircuitBreaker(
+                    f"cache.{self.name}.{store.name}",
+                    failure_threshold=threshold,
+                    recovery_timeout=recovery,
+                    on=Exception,
+                    clock=self.clock,
+                ),
+            )
+            for store in stores
+        ]
 
     @staticmethod
     def _split_tiers(
@@ -289,6 +311,12 @@ class CacheCore:
                 raise ValueError(f"a tag must be a non-empty string, got {tag!r}")
             if self.strict_keys and _MEMCACHED_BAD_KEY.search(tag):
                 raise ValueError(f"tag {tag!r} contains whitespace or control characters")
+            limit = self.max_key_bytes
+            if limit is not None and len(self.tag_key(tag).encode()) > limit:
+                raise ValueError(
+                    f"tag {tag[:40]!r}… is too long: with its namespace it must fit the "
+                    f"{limit} bytes a tier of this cache (memcached) allows in a key"
+                )
         return result
 
     def resolve_ttl(self, ttl: Duration | None, category: str | None) -> float | None:
@@ -357,20 +385,22 @@ class CacheCore:
             with self.tag_lock:
                 for tag, _ in entry.tags:
                     self.tag_index.setdefault(tag, set()).add(full)
-                self._prune_tag_index(l1)
+                self.tag_index_size += len(entry.tags)
+                if self.tag_index_size > 2 * self.tag_index_floor + 1024:
+                    self._prune_tag_index(l1)
 
     def _prune_tag_index(self, l1: MemoryCache[Any, Any]) -> None:
-        # The index only grows by L1 writes; once it holds many more keys than
-        # L1 does, drop the keys L1 has evicted. Amortised O(1) per write.
-        total = sum(len(keys) for keys in self.tag_index.values())
-        if total <= 2 * len(l1) + 1024:
-            return
+        # The index grows by L1 writes and never shrinks by itself: when it has
+        # doubled since the last pruning, drop the keys L1 no longer holds. The
+        # doubling makes the scan amortised O(1) per write, and bounds the index
+        # to about twice what L1's live entries need.
         for tag in list(self.tag_index):
             alive = {key for key in self.tag_index[tag] if key in l1}
             if alive:
                 self.tag_index[tag] = alive
             else:
                 del self.tag_index[tag]
+        self.tag_index_size = self.tag_index_floor = sum(map(len, self.tag_index.values()))
 
     def l1_drop_tags(self, tags: Iterable[str]) -> None:
         l1 = self.l1
@@ -381,12 +411,33 @@ class CacheCore:
         for key in keys:
             l1.delete(key)
 
+    def mark(self, fulls: Iterable[str]) -> None:
+        """Record that ``fulls`` changed: copies started before now must not land."""
+        self.seq += 1
+        seq = self.seq
+        invalidated = self.invalidated
+        for full in fulls:
+            invalidated[full] = seq
+        if len(invalidated) > _MAX_MARKS:
+            self.mark_all()
+
+    def mark_all(self) -> None:
+        """Everything may have changed (tags, patterns, a lost channel)."""
+        self.seq += 1
+        self.barrier = self.seq
+        self.invalidated = {}
+
+    def unchanged(self, full: str, since: int) -> bool:
+        """Whether ``full`` was not invalidated after ``since`` (a :attr:`seq` reading)."""
+        return self.barrier <= since and self.invalidated.get(full, 0) <= since
+
     def l1_flush(self) -> None:
-        self.l1_epoch += 1
+        self.mark_all()
         if self.l1 is not None:
             self.l1.clear()
         with self.tag_lock:
             self.tag_index.clear()
+            self.tag_index_size = self.tag_index_floor = 0
 
     # --- coherence ------------------------------------------------------------------
 
@@ -402,10 +453,16 @@ class CacheCore:
         except ValueError:
             log.warning("cache %s: malformed invalidation message ignored", self.name)
             return
-        if origin == self.origin or self.l1 is None:
+        if origin == self.origin:
             return
-        self.l1_epoch += 1  # L1 writes racing this message must not land
         items = body.decode().split("\0") if body else []
+        # Copies racing this message must not land.
+        if op == b"k":
+            self.mark(items)
+        else:
+            self.mark_all()
+        if self.l1 is None:
+            return
         if op == b"k":
             for key in items:
                 self.l1.delete(key)
@@ -455,7 +512,7 @@ class CacheCore:
                 elif now < entry.stale_until:
                     stale[full] = entry
         missing = [full for full in fulls if full not in fresh]
-        epoch = self.l1_epoch
+        since = self.seq
         for index, tier in enumerate(self.remotes):
             if not missing:
                 break
@@ -479,8 +536,10 @@ class CacheCore:
             for full, (entry, raw) in found.items():
                 if entry.is_fresh(now):
                     fresh[full] = entry
-                    backfill.append((full, raw, entry.remaining(now)))
-                    if epoch == self.l1_epoch:
+                    # Not copied when invalidated meanwhile: the copy might
+                    # be the value that was just deleted.
+                    if self.unchanged(full, since):
+                        backfill.append((full, raw, entry.remaining(now)))
                         self.l1_set(full, entry, now)
                 else:
                     stale.setdefault(full, entry)
@@ -563,8 +622,10 @@ class CacheCore:
         entry = fresh.get(full)
         now = self.now()
         if entry is not None:
-            if self._refresh_due(entry, now) and full not in self.refreshing:
-                self.refreshing.add(full)
+            if self._refresh_due(entry, now) and now - self.refreshing.get(full, -_INF) > 60:
+                # Keyed by start time: a refresh whose task never ran (its loop
+                # shut down) doesn't block refreshes of the key for ever.
+                self.refreshing[full] = now
                 yield Spawn(lambda: self._refresh(full, loader, ttl, tags))
             if not self._expire_early(entry, now):
                 return CacheResult(entry.value, False, "cache")
@@ -595,7 +656,7 @@ class CacheCore:
             self.refreshes += 1
             yield Flight(full, lambda: self._load_once(full, loader, ttl, tags, None))
         finally:
-            self.refreshing.discard(full)
+            self.refreshing.pop(full, None)
 
     def _load_once(
         self,
@@ -633,6 +694,7 @@ class CacheCore:
     ) -> Logic[CacheResult]:
         # Versions are read before the value is computed: an invalidation that
         # lands while loading makes this entry invalid, as it should.
+        since = self.seq
         versions = yield from self.tag_versions(tags, ttl)
         start = self.now()
         self.loads += 1
@@ -641,22 +703,26 @@ class CacheCore:
         except Exception as exc:
             self.load_errors += 1
             if previous is not None and previous.is_usable(self.now()):
-                self.stale_served += 1
+                self.stale_served += not previous.is_fresh(self.now())
                 log.warning(
                     "cache %s: loader failed for %r, serving the stale value: %r",
                     self.name,
                     self.user_key(full),
                     exc,
                 )
-                return CacheResult(previous.value, True, "stale")
+                stale = not previous.is_fresh(self.now())
+                return CacheResult(previous.value, stale, "stale" if stale else "cache")
             raise
         if ttl != 0:
             entry = self.new_entry(value, ttl, versions, self.now() - start)
-            yield from self.store([(full, entry)])
+            yield from self.store([(full, entry)], since)
         return CacheResult(value, False, "loader")
 
     def _lease_key(self, full: str) -> str:
-        return self.prefix + _LEASE_PREFIX + self.user_key(full)
+        # A digest: fixed length, so a key that fits a tier always has a lease that fits.
+        return (
+            self.prefix + _LEASE_PREFIX + hashlib.blake2b(full.encode(), digest_size=16).hexdigest()
+        )
 
     def _wait_for_lease(self, full: str) -> Logic[CacheResult | bytes | None]:
         """Take the cross-process load lease, or wait for its holder's value."""
@@ -667,12 +733,21 @@ class CacheCore:
         token = os.urandom(16)
         deadline = self.now() + self.lease_ttl
         poll = min(0.05, self.lease_ttl / 10)
+        waited = False
         while True:
             acquired = yield TierCall(tier, "acquire_lease", key, token, self.lease_ttl)
             if acquired is FAILED:
                 return None  # no lease service: load locally rather than wait
             if acquired:
+                if waited:
+                    # The previous holder may have stored the value and let go
+                    # just before this lease was taken.
+                    fresh, _ = yield from self.lookup((full,))
+                    if full in fresh:
+                        yield from self._release_lease(full, token)
+                        return CacheResult(fresh[full].value, False, "cache")
                 return token
+            waited = True
             if self.now() >= deadline:
                 return None  # the holder is stuck: load anyway
             yield Sleep(poll)
@@ -686,9 +761,16 @@ class CacheCore:
 
     # --- writes -----------------------------------------------------------------------
 
-    def store(self, items: Sequence[tuple[str, Entry]]) -> Logic[None]:
-        """Write entries to every tier (remote first, then L1) and tell other processes."""
+    def store(self, items: Sequence[tuple[str, Entry]], since: int | None = None) -> Logic[None]:
+        """Write entries to every tier (remote first, then L1) and tell other processes.
+
+        ``since`` is :attr:`seq` from before a loaded value was computed: if its
+        key was invalidated since, the value may be out of date and L1 (which
+        does not check tag versions) doesn't take it.
+        """
         now = self.now()
+        if since is None:  # a direct write: reads in flight must not copy older values
+            self.mark(full for full, _ in items)
         if self.remotes:
             encoded = [(full, self.encode(entry), entry.remaining(now)) for full, entry in items]
             message = self.message(b"k", (full for full, _ in items))
@@ -702,7 +784,8 @@ class CacheCore:
                 # A tier that missed the write may still hold the old value.
                 (tier.owe if done is FAILED else tier.paid)(full for full, _ in items)
         for full, entry in items:
-            self.l1_set(full, entry, now)
+            if since is None or self.unchanged(full, since):
+                self.l1_set(full, entry, now)
 
     def set_many(
         self,
@@ -710,6 +793,8 @@ class CacheCore:
         ttl: float | None,
         tags: tuple[str, ...],
     ) -> Logic[None]:
+        if self.write_behind is not None:
+            self.write_behind.check_open()
         if self.writer is not None:
             for full, value in items:
                 yield Call(self.writer, self.user_key(full), value)
@@ -723,6 +808,7 @@ class CacheCore:
             yield from self.write_behind.add([(self.user_key(f), v) for f, v in items])
 
     def delete(self, fulls: Sequence[str]) -> Logic[None]:
+        self.mark(fulls)  # reads and loads in flight must not copy old values back
         if self.l1 is not None:
             for full in fulls:
                 self.l1.delete(full)
@@ -739,6 +825,7 @@ class CacheCore:
 
     def invalidate_tags(self, tags: tuple[str, ...]) -> Logic[None]:
         """Drop every entry carrying one of ``tags``, on every tier, in every process."""
+        self.mark_all()
         self.l1_drop_tags(tags)
         if self.authority is not None:
             # Deleting a tag's version invalidates every entry that recorded it:
@@ -761,6 +848,7 @@ class CacheCore:
         if type(pattern) is not str or not pattern:
             raise ValueError(f"pattern must be a non-empty glob string, got {pattern!r}")
         full = self.prefix + pattern
+        self.mark_all()
         deleted = self.l1.delete_pattern(full) if self.l1 is not None else 0
         for tier in self.remotes:
             count = yield TierCall(tier, "delete_pattern", full)
@@ -839,7 +927,11 @@ class CacheCore:
         except Exception as exc:
             log.error("cache %s: warming %d keys failed: %r", self.name, len(missing), exc)
             return WarmReport(0, len(fulls) - len(missing), len(missing))
-        items = [(self.prefix + key, value) for key, value in values.items()]
+        try:
+            items = [(self.full_key(key), value) for key, value in values.items()]
+        except (TypeError, ValueError) as exc:
+            log.error("cache %s: a warm loader returned a bad key: %s", self.name, exc)
+            return WarmReport(0, len(fulls) - len(missing), len(missing))
         yield from self.set_many(items, ttl, tags)
         return WarmReport(len(items), len(fulls) - len(missing), len(missing) - len(items))
 

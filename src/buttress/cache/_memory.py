@@ -1,5 +1,6 @@
 """The in-process (L1) cache: bounded, expiring, thread-safe, and reads take no lock.
 
+    >>> from buttress.cache import MISSING, MemoryCache
     >>> cache = MemoryCache(max_size=10_000, ttl=300)      # W-TinyLFU by default
     >>> cache.set("user:1", {"name": "Ada"})
     >>> cache.get("user:1")
@@ -49,9 +50,9 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
-from buttress.cache._policies import POLICIES, LfuPolicy, Node, TinyLfuPolicy, make_policy
+from buttress.cache._policies import DEAD, POLICIES, LfuPolicy, Node, TinyLfuPolicy, make_policy
 from buttress.cache._timerwheel import TimerWheel
 from buttress.clock import Clock, SystemClock
 from buttress.resilience._common import (
@@ -69,7 +70,7 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 _NAME = "MemoryCache"
-_READ_BATCH = 64  # buffered reads applied to the policy at once
+_READ_BATCH = 128  # buffered reads applied to the policy at once
 _READ_LIMIT = 16 * _READ_BATCH  # while the lock stays busy, reads beyond this are dropped
 _log = logging.getLogger("buttress.cache")
 
@@ -186,7 +187,7 @@ class MemoryCache(Generic[K, V]):
         self._now: Callable[[], float] = (
             time.monotonic if type(self._clock) is SystemClock else self._clock.now
         )
-        self._data: dict[Hashable, Node] = {}
+        self._data: dict[Any, Node] = {}
         self._reads: list[Node] = []
         self._lock = threading.Lock()
         self._policy = make_policy(policy, self._max_size, weighted=weigher is not None)
@@ -253,7 +254,7 @@ class MemoryCache(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is present and live. Not an access: the policy does not hear of it."""
-        node = self._data.get(key)  # type: ignore[call-overload]
+        node = self._data.get(key)
         if node is None:
             return False
         expire = node.expire
@@ -263,7 +264,9 @@ class MemoryCache(Generic[K, V]):
         lock = self._lock
         if lock.acquire(blocking=False):
             try:
-                self._drain_reads()
+                batch, self._reads = self._reads, []
+                self._policy.record(batch)
+                self._hits += len(batch)
                 now = self._now()
                 if now >= self._wheel.due:
                     self._expire(now)
@@ -345,7 +348,7 @@ class MemoryCache(Generic[K, V]):
         with self._lock:
             self._maintain(self._now())
             for node in matches:
-                if node.queue is not None:  # not gone meanwhile
+                if node.queue is not DEAD:  # not gone meanwhile
                     self._discard(node, RemovalCause.EXPLICIT)
                     removed += 1
             pending = self._take_pending()
@@ -359,7 +362,7 @@ class MemoryCache(Generic[K, V]):
             self._maintain(self._now())
             nodes = list(self._data.values())
             for node in nodes:
-                node.queue = node.timer = None  # buffered reads of them are now ignored
+                node.queue, node.timer = DEAD, None  # buffered reads of them are now ignored
             self._data.clear()
             self._policy.clear()
             self._wheel.clear()
@@ -439,7 +442,8 @@ class MemoryCache(Generic[K, V]):
             pending = self._take_pending()
         if pending:
             self._fire(pending)
-        return [(node.key, node.freq) for node in heapq.nlargest(n, nodes, key=_freq)]  # type: ignore[misc]
+        hottest = heapq.nlargest(n, nodes, key=_freq)
+        return [(cast(K, node.key), node.freq) for node in hottest]
 
     # -- maintenance (under the lock) ----------------------------------------------------------
 
@@ -575,7 +579,7 @@ def _audit(cache: MemoryCache[Any, Any]) -> list[str]:
         problems.append(f"policy weight {policy.weight} != {weight}")
     timed = 0
     for key, node in data.items():
-        if node.key != key or node.queue is None:
+        if node.key != key or node.queue is DEAD:
             problems.append(f"node {node!r} misfiled under {key!r}")
         if (node.expire is None) != (node.timer is None):
             problems.append(f"node {node!r} expiry and timer disagree")

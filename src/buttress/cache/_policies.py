@@ -30,13 +30,15 @@ same schedule), which :meth:`~buttress.cache.MemoryCache.hot_keys` ranks by::
 from __future__ import annotations
 
 import random
+import sys
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, Final
 
 from buttress.cache._sketch import MAX_FREQUENCY, FrequencySketch
 
 __all__ = [
+    "DEAD",
     "POLICIES",
     "FifoPolicy",
     "LfuPolicy",
@@ -54,12 +56,33 @@ _SAMPLES_PER_ENTRY = 10  # aging period: ten accesses per entry of capacity, as 
 _MIN_PERIOD_ENTRIES = 16
 
 
+class _Dead:
+    """The queue of a node that is not (or no longer) in the cache.
+
+    It answers ``move_to_end`` like the ordered maps the live nodes sit in, and
+    does nothing: a batch of buffered reads can then be applied with one call
+    per node, without asking first whether each node left the cache meanwhile.
+    """
+
+    __slots__ = ()
+
+    def move_to_end(self, key: Hashable, last: bool = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "DEAD"
+
+
+DEAD: Final = _Dead()
+"""``node.queue`` of a node outside the cache."""
+
+
 class Node:
     """One cache entry, shared by the map, the policy and the timer wheel.
 
-    ``queue`` is the policy container the node sits in, ``None`` once it has
-    left the cache: a reader holding a stale node can tell it is dead. ``timer``
-    is where the timer wheel filed it (``None`` when it never expires).
+    ``queue`` is the policy container the node sits in, :data:`DEAD` once it
+    has left the cache: a reader holding a stale node can tell it is dead.
+    ``timer`` is where the timer wheel filed it (``None`` when it never expires).
     """
 
     __slots__ = ("expire", "freq", "key", "queue", "timer", "value", "weight")
@@ -70,7 +93,7 @@ class Node:
         self.expire = expire
         self.weight = weight
         self.freq = 0
-        self.queue: Any = None
+        self.queue: Any = DEAD
         self.timer: Any = None
 
     def __repr__(self) -> str:
@@ -168,16 +191,14 @@ class LruPolicy(Policy):
 
     def remove(self, node: Node) -> None:
         del self._order[node.key]
-        node.queue = None
+        node.queue = DEAD
         self.weight -= node.weight
         self.count -= 1
 
     def record(self, batch: list[Node]) -> None:
-        move = self._order.move_to_end
         for node in batch:
-            if node.queue is not None:  # else it left the cache since it was read
-                node.freq += 1
-                move(node.key)
+            node.freq += 1
+            node.queue.move_to_end(node.key)  # DEAD's does nothing: the node left
         self._samples += len(batch)
         if self._samples >= self._period:
             self._age()
@@ -187,7 +208,7 @@ class LruPolicy(Policy):
         order = self._order
         while excess > 0 and order:
             node = order.popitem(last=False)[1]
-            node.queue = None
+            node.queue = DEAD
             self.weight -= node.weight
             self.count -= 1
             excess -= node.weight
@@ -228,7 +249,7 @@ class _Bucket:
 
     __slots__ = ("freq", "items", "next", "prev")
 
-    def __init__(self, freq: int, prev: _Bucket | None, next: _Bucket | None) -> None:  # noqa: A002
+    def __init__(self, freq: int, prev: _Bucket | None, next: _Bucket | None) -> None:
         self.freq = freq
         self.items: OrderedDict[Hashable, Node] = OrderedDict()
         self.prev = prev
@@ -307,7 +328,7 @@ class LfuPolicy(Policy):
         del bucket.items[node.key]
         if not bucket.items:
             self._unlink_bucket(bucket)
-        node.queue = None
+        node.queue = DEAD
         if node is self._newest:
             self._newest = None
         self.weight -= node.weight
@@ -317,7 +338,7 @@ class LfuPolicy(Policy):
         touch = self._touch
         for node in batch:
             bucket = node.queue
-            if bucket is not None:
+            if bucket is not DEAD:
                 touch(node, bucket)
         self._samples += len(batch)
         if self._samples >= self._period:
@@ -389,15 +410,39 @@ _PERCENT_MAIN = 0.99
 _PERCENT_MAIN_PROTECTED = 0.80
 _CLIMB_RESTART_THRESHOLD = 0.05
 _CLIMB_STEP_PERCENT = 0.0625
-# Two departures from Caffeine's climber, measured on the OLTP, Zipf and scan
-# traces (benchmarks/cache_memory.py): a sample of at least 5,000 requests (a
-# small cache's 10 x capacity is so few that the climber follows noise), and a
-# faster step decay (0.90, not 0.98), so the window settles instead of wandering.
+# Three departures from Caffeine, each measured on the OLTP, Zipf and scan
+# traces (benchmarks/cache_memory.py): the climber samples at least 5,000
+# requests (a small cache's 10 x capacity is so few that it follows noise); its
+# step decays faster (0.90, not 0.98), so the window settles instead of
+# wandering; and counts age after 10 x capacity samples counted afresh each time
+# (Caffeine halves its sample count at each aging, so it ages twice as often).
+# As in Caffeine, a sample is an increment of an unsaturated counter: a trace
+# dominated by a few hot keys ages more slowly.
 _CLIMB_STEP_DECAY = 0.90
 _CLIMB_MIN_SAMPLE = 5_000
+_CLIMB_SAMPLES_PER_ENTRY = 10
+_AGING_SAMPLES_PER_ENTRY = 10
 _QUEUE_TRANSFER_LIMIT = 1000
 _ADMIT_HASHDOS_THRESHOLD = 6
 _INITIAL_SKETCH = 256
+
+
+class _Probation(OrderedDict[Hashable, Node]):
+    """The probation segment, whose ``move_to_end`` (a read) promotes the node.
+
+    Reads are applied as ``node.queue.move_to_end(node.key)`` whatever segment
+    the node is in: a C call for the window and protected segments, and for
+    probation this method, which moves it to protected (SLRU's second hit).
+    """
+
+    __slots__ = ("_promote",)
+
+    def __init__(self, promote: Callable[[Hashable], None]) -> None:
+        super().__init__()
+        self._promote = promote
+
+    def move_to_end(self, key: Hashable, last: bool = True) -> None:
+        self._promote(key)
 
 
 class TinyLfuPolicy(Policy):
@@ -413,6 +458,8 @@ class TinyLfuPolicy(Policy):
     name = "tinylfu"
     __slots__ = (
         "_adjustment",
+        "_climb_at",
+        "_grow_at",
         "_hits_in_sample",
         "_misses_in_sample",
         "_previous_hit_rate",
@@ -430,19 +477,20 @@ class TinyLfuPolicy(Policy):
 
     def __init__(self, max_size: int, *, weighted: bool) -> None:
         self._window: OrderedDict[Hashable, Node] = OrderedDict()
-        self._probation: OrderedDict[Hashable, Node] = OrderedDict()
+        self._probation = _Probation(self._promote)
         self._protected: OrderedDict[Hashable, Node] = OrderedDict()
         self._window_weight = 0
         self._protected_weight = 0
-        self._sketch = FrequencySketch(
-            _INITIAL_SKETCH if weighted else min(max_size, _INITIAL_SKETCH)
-        )
+        initial = _INITIAL_SKETCH if weighted else min(max_size, _INITIAL_SKETCH)
+        self._sketch = FrequencySketch(initial)
         self._window_max = self._protected_max = 0
         self._hits_in_sample = self._misses_in_sample = self._adjustment = 0
         self._previous_hit_rate = self._step = 0.0
         self._warm = False
+        self._climb_at = self._grow_at = 0
         super().__init__(max_size, weighted=weighted)
         self._shape(max_size)
+        self._sized()
 
     def _shape(self, max_size: int) -> None:
         window = max_size - int(_PERCENT_MAIN * max_size)
@@ -451,17 +499,27 @@ class TinyLfuPolicy(Policy):
         self._hits_in_sample = self._misses_in_sample = self._adjustment = 0
         self._step = -_CLIMB_STEP_PERCENT * max_size
 
-    def _sample_period(self) -> int:
+    def _capacity(self) -> int:
+        """The capacity in entries, as far as the sketch knows (it grows as the cache fills)."""
         capacity = self._sketch.capacity
-        if not self.weighted:
-            capacity = min(capacity, max(self.max_size, 1))
-        return _SAMPLES_PER_ENTRY * capacity
+        return capacity if self.weighted else min(capacity, max(self.max_size, 1))
+
+    def _sample_period(self) -> int:
+        return _AGING_SAMPLES_PER_ENTRY * self._capacity()
+
+    def _sized(self) -> None:
+        """Recompute what follows from the capacity (kept in fields: checked per write)."""
+        self._period = self._sample_period()
+        self._climb_at = max(_CLIMB_SAMPLES_PER_ENTRY * self._capacity(), _CLIMB_MIN_SAMPLE)
+        capacity = self._sketch.capacity
+        growable = self.weighted or capacity < self.max_size
+        self._grow_at = capacity if growable else sys.maxsize
 
     def resize(self, max_size: int) -> None:
         self.max_size = max_size
         self._shape(max_size)
         self._demote()
-        self._period = self._sample_period()
+        self._sized()
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -474,7 +532,7 @@ class TinyLfuPolicy(Policy):
         self.count += 1
         self._misses_in_sample += 1
         self._samples += 1
-        if self.count > self._sketch.capacity:
+        if self.count > self._grow_at:
             self._grow_sketch()
 
     def _grow_sketch(self) -> None:
@@ -483,7 +541,7 @@ class TinyLfuPolicy(Policy):
         capacity = 2 * self.count if self.weighted else min(self.max_size, 2 * self.count)
         if capacity > self._sketch.capacity:
             self._sketch.resize(capacity)
-            self._period = self._sample_period()
+        self._sized()
 
     def update(self, node: Node, old_weight: int) -> None:
         delta = node.weight - old_weight
@@ -495,44 +553,36 @@ class TinyLfuPolicy(Policy):
         self.weight += delta
         self.record([node])
 
-    def _unlink(self, node: Node) -> None:
+    def remove(self, node: Node) -> None:
         queue = node.queue
         del queue[node.key]
         if queue is self._window:
             self._window_weight -= node.weight
         elif queue is self._protected:
             self._protected_weight -= node.weight
-        node.queue = None
+        node.queue = DEAD
         self.weight -= node.weight
         self.count -= 1
         self._sketch.raise_to(node.key, node.freq)
 
-    remove = _unlink
-
     def record(self, batch: list[Node]) -> None:
-        probation = self._probation
         counted = 0
         for node in batch:
-            queue = node.queue
-            if queue is None:  # it left the cache since it was read
-                continue
             freq = node.freq
             node.freq = freq + 1
-            if freq < MAX_FREQUENCY:  # a saturated counter would not move: not a sample
+            if freq < MAX_FREQUENCY:  # a saturated 4-bit counter would not move: no sample
                 counted += 1
-            if queue is probation:
-                self._promote(node)
-            else:
-                queue.move_to_end(node.key)
+            # Window and protected: to the young end. Probation: promoted (see
+            # _Probation). Gone since it was read: nothing (see DEAD).
+            node.queue.move_to_end(node.key)
         self._hits_in_sample += len(batch)
         self._samples += counted
         if self._samples >= self._period:
             self._age()
 
-    def _promote(self, node: Node) -> None:
+    def _promote(self, key: Hashable) -> None:
         """A second hit: probation to protected (whose overflow drops back to probation)."""
-        key = node.key
-        del self._probation[key]
+        node = self._probation.pop(key)
         self._protected[key] = node
         node.queue = self._protected
         self._protected_weight += node.weight
@@ -552,8 +602,6 @@ class TinyLfuPolicy(Policy):
         for node in self.nodes():
             freq = node.freq
             node.freq = (freq if freq < MAX_FREQUENCY else MAX_FREQUENCY) >> 1
-        # A full period of new samples before the next aging (Caffeine halves
-        # its count instead, aging twice as often: worse on every trace we ran).
         self._samples = 0
 
     def nodes(self) -> Iterator[Node]:
@@ -581,10 +629,7 @@ class TinyLfuPolicy(Policy):
                 self._hits_in_sample = self._misses_in_sample = 0
                 return evicted
             self._warm = True
-        if (
-            self._adjustment
-            or self._hits_in_sample + self._misses_in_sample >= self._climb_sample()
-        ):
+        if self._adjustment or self._hits_in_sample + self._misses_in_sample >= self._climb_at:
             self._climb()
         return evicted
 
@@ -604,41 +649,38 @@ class TinyLfuPolicy(Policy):
         """Each window leaver (candidate) duels the probation LRU (victim); the loser goes."""
         window, probation, protected = self._window, self._probation, self._protected
         evicted: list[Node] = []
-        index = 0
-        count = 0 if candidates is None else len(candidates)
+        pending = iter(candidates or ())
+        candidate = next(pending, None)
         while excess > 0:
-            candidate = None
-            while index < count:
-                candidate = candidates[index]  # type: ignore[index]
-                if candidate.queue is probation:
-                    break
-                candidate = None
-                index += 1
-            if candidate is None and window:
-                candidate = _first(window)
-            victim = _first(probation) if probation else None
+            while candidate is not None and candidate.queue is not probation:
+                candidate = next(pending, None)  # evicted or promoted meanwhile
+            duelist = candidate
+            if duelist is None and window:
+                duelist = next(iter(window.values()))  # no candidate left: the window's LRU
+            victim = next(iter(probation.values())) if probation else None
             if victim is None:
-                if candidate is not None:
-                    loser = candidate
+                if duelist is not None:
+                    loser = duelist
                 elif protected:
                     loser = _first(protected)
                 else:
                     break
-            elif candidate is None or candidate is victim:
+            elif duelist is None or duelist is victim:
                 loser = victim
-            elif candidate.weight > self.max_size or not self._admit(candidate, victim):
-                loser = candidate
+            elif duelist.weight > self.max_size or not self._admit(duelist, victim):
+                loser = duelist
             else:
                 loser = victim
-                if candidate.queue is probation:
-                    index += 1  # admitted: the next candidate duels the next victim
-            self._unlink(loser)
+                if duelist is candidate:
+                    candidate = next(pending, None)  # admitted: the next one duels next
+            self.remove(loser)
             excess -= loser.weight
             evicted.append(loser)
         return evicted
 
     @staticmethod
     def _admit(candidate: Node, victim: Node) -> bool:
+        # Counts run on between agings (hot_keys ranks by them); 4-bit counters stop at 15.
         candidate_freq = min(candidate.freq, MAX_FREQUENCY)
         victim_freq = min(victim.freq, MAX_FREQUENCY)
         if candidate_freq > victim_freq:
@@ -651,12 +693,10 @@ class TinyLfuPolicy(Policy):
 
     # -- hill climbing -------------------------------------------------------------------
 
-    def _climb_sample(self) -> int:
-        return max(self._period, _CLIMB_MIN_SAMPLE)
-
     def _climb(self) -> None:
+        """Caffeine's hill climber: move the window size whichever way raised the hit rate."""
         requests = self._hits_in_sample + self._misses_in_sample
-        if requests >= self._climb_sample():
+        if requests >= self._climb_at:
             hit_rate = self._hits_in_sample / requests
             change = hit_rate - self._previous_hit_rate
             amount = self._step if change >= 0 else -self._step
@@ -683,7 +723,7 @@ class TinyLfuPolicy(Policy):
         self._demote()
         probation, protected, window = self._probation, self._protected, self._window
         for _ in range(_QUEUE_TRANSFER_LIMIT):
-            source = probation
+            source: OrderedDict[Hashable, Node] = probation
             if not probation or quota < _first(probation).weight:
                 source = protected
             if not source:

@@ -289,23 +289,29 @@ class AsyncRuntime:
     async def flight(self, key: str, make: Callable[[], Logic[R]]) -> R:
         loop = asyncio.get_running_loop()
         slot = (loop, key)
-        flight = self._flights.get(slot)
-        if flight is None:
-            task = loop.create_task(adrive(make(), self))
-            flight = self._flights[slot] = _AsyncFlight(task)
-            task.add_done_callback(functools.partial(self._forget, slot, flight))
-        else:
-            self.coalesced += 1
-        flight.waiters += 1
-        try:
-            # Shielded: one caller giving up must not cancel the load the others
-            # wait for; the load is cancelled when the last of them gives up.
-            return await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
-            flight.waiters -= 1
-            if flight.waiters == 0:
-                flight.task.cancel()
-            raise
+        while True:
+            flight = self._flights.get(slot)
+            if flight is None or flight.abandoned:
+                task = loop.create_task(adrive(make(), self))
+                flight = self._flights[slot] = _AsyncFlight(task)
+                task.add_done_callback(functools.partial(self._forget, slot, flight))
+            else:
+                self.coalesced += 1
+            flight.waiters += 1
+            try:
+                # Shielded: one caller giving up must not cancel the load the
+                # others wait for; it is cancelled when the last of them gives up.
+                return await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                flight.waiters -= 1
+                current = asyncio.current_task()
+                if (current is not None and current.cancelling()) or not flight.abandoned:
+                    if flight.waiters == 0 and not flight.task.done():
+                        flight.abandoned = True
+                        flight.task.cancel()
+                    raise
+                # This caller joined a load its earlier callers had given up
+                # on: it was cancelled under us, so run a fresh one.
 
     def _forget(
         self,
@@ -335,11 +341,12 @@ class AsyncRuntime:
 
 
 class _AsyncFlight:
-    __slots__ = ("task", "waiters")
+    __slots__ = ("abandoned", "task", "waiters")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.waiters = 0
+        self.abandoned = False  # every caller gave up: the task is being cancelled
 
 
 def _drive_made(make: Callable[[], Logic[R]], runtime: SyncRuntime) -> R:

@@ -72,15 +72,9 @@ class FrequencySketch:
         h = hash((key,)) & _MASK64
         mask = self._mask
         row0, row1, row2, row3 = self._rows
-        found = row0[h & mask]
-        count = row1[(h >> 13) & mask]
-        if count < found:
-            found = count
-        count = row2[(h >> 26) & mask]
-        if count < found:
-            found = count
-        count = row3[(h >> 39) & mask]
-        return count if count < found else found
+        return min(
+            row0[h & mask], row1[(h >> 13) & mask], row2[(h >> 26) & mask], row3[(h >> 39) & mask]
+        )
 
     def raise_to(self, key: Hashable, count: int) -> None:
         """Make ``frequency(key)`` at least ``count`` (capped at 15), touching nothing else.
@@ -96,18 +90,13 @@ class FrequencySketch:
         h = hash((key,)) & _MASK64
         mask = self._mask
         row0, row1, row2, row3 = self._rows
-        index = h & mask
-        if row0[index] < count:
-            row0[index] = count
-        index = (h >> 13) & mask
-        if row1[index] < count:
-            row1[index] = count
-        index = (h >> 26) & mask
-        if row2[index] < count:
-            row2[index] = count
-        index = (h >> 39) & mask
-        if row3[index] < count:
-            row3[index] = count
+        for row, index in (
+            (row0, h & mask),
+            (row1, (h >> 13) & mask),
+            (row2, (h >> 26) & mask),
+            (row3, (h >> 39) & mask),
+        ):
+            row[index] = max(row[index], count)
 
     def halve(self) -> None:
         """Age every counter: halve it (a table lookup per byte, done in C)."""

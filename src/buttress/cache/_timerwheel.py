@@ -70,8 +70,7 @@ class TimerWheel:
             entry: list[Any] = [expire, next(self._sequence), node]
             heapq.heappush(self._heap, entry)
             node.timer = entry
-            if expire < self.due:
-                self.due = expire
+            self.due = min(self.due, expire)
             return
         if delay < 1 << _BITS:
             bucket = self._levels[0][tick & (_BUCKETS - 1)]
@@ -127,7 +126,7 @@ class TimerWheel:
                 expired.append(node)
             else:
                 self._stale -= 1
-        self.due = tick + 1
+        self.due = self._tick + 1  # not tick: a caller's clock reading may lag another's
         if heap and heap[0][0] < self.due:
             self.due = heap[0][0]
         return expired

@@ -20,6 +20,7 @@ from buttress.cache._runtime import (
     AsyncRuntime,
     Call,
     Effect,
+    Flight,
     Logic,
     Sleep,
     Spawn,
@@ -35,6 +36,7 @@ __all__ = ["WriteBehind"]
 log = logging.getLogger("buttress.cache")
 
 _MAX_BACKOFF = 60.0
+_FLUSH = "\0write-behind"
 
 
 class WriteBehind:
@@ -83,11 +85,31 @@ class WriteBehind:
         if full and not self._flushing:
             yield Spawn(self.flush)
 
+    def check_open(self) -> None:
+        """Refuse writes once closed: nobody would flush them."""
+        if self._closed:
+            raise RuntimeError(
+                "this cache is closed: its write-behind buffer no longer takes writes"
+            )
+
     def flush(self) -> Logic[bool]:
-        """Write out the buffer in batches; False if a batch failed (and was kept)."""
+        """Write out the buffer in batches; False if a batch failed (and was kept).
+
+        A flush already running in this runtime is joined rather than raced, so
+        its outcome is this call's outcome too; then whatever arrived meanwhile
+        is written.
+        """
+        ok = True
+        for _ in range(2):
+            ok = yield Flight(_FLUSH, self._flush_once)
+            if not ok or not self._buffer:
+                break
+        return ok
+
+    def _flush_once(self) -> Logic[bool]:
         with self._lock:
             if self._flushing:
-                return True  # the running flush picks up what was added meanwhile
+                return False  # the other face of the cache is flushing: not confirmed
             self._flushing = True
         try:
             while True:
