@@ -464,3 +464,15 @@ async def test_concurrent_single_key_reads_share_round_trips(
     client.config_resetstat()
     assert 7 == await cache.get("k7")  # a lone read goes straight out as a GET
     assert (1, 0) == (command_calls(client, "get"), command_calls(client, "mget"))
+
+
+async def test_large_values_are_compressed_on_the_wire_and_read_back(
+    redis_url: str, clock: ManualClock
+) -> None:
+    cache = l2_only(redis_url, clock)
+    big = {"text": "lorem ipsum " * 1000, "n": list(range(100))}
+    await cache.set("big", big)
+    assert big == await cache.get("big")
+    stored = raw_redis(redis_url).get("buttress:big")
+    assert stored is not None
+    assert len(stored) < 2000  # 12 kB of text, zstd-compressed

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from buttress.cache._compression import Compression
+from buttress.cache._compression import RAW, Compression
 from buttress.cache._entry import Entry, decode_entry, encode_entry
 from buttress.cache._memory import MemoryCache
 from buttress.cache._missing import MISSING
@@ -360,7 +360,10 @@ class CacheCore:
                     "a cache entry could not be read",
                     detail=f"written with {serializer_name!r}, read with {self.serializer.name}",
                 )
-            entry.value = self.serializer.loads(self.compression.decompress(raw[offset:]))
+            if raw[offset] == RAW:  # most entries: skip decompress() and a copy
+                entry.value = self.serializer.loads(raw[offset + 1 :])
+            else:
+                entry.value = self.serializer.loads(self.compression.decompress(raw[offset:]))
         except Exception as exc:
             # A corrupt or foreign entry is a miss, not the caller's exception.
             tier.errors += 1

@@ -48,7 +48,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -287,16 +287,19 @@ class MemoryCache(Generic[K, V]):
         """Store ``value`` under ``key`` for ``ttl`` (``None``: the cache's default TTL)."""
         if ttl is None:
             seconds = self._ttl
-        elif type(ttl) is float and 0.0 < ttl < math.inf:
-            seconds = ttl  # the common case, already valid
+        elif (type(ttl) is float or type(ttl) is int) and 0 < ttl < math.inf:
+            seconds = ttl  # the common cases, already valid
         else:
             seconds = _ttl_seconds(ttl)
         weight = 1 if self._weigher is None else self._weigh(key, value)
         with self._lock:
             now = self._now()
-            self._maintain(now)
+            if self._reads:  # _maintain(now), inline: this is every write
+                self._drain_reads()
+            if now >= self._wheel.due:
+                self._expire(now)
             self._write(key, value, None if seconds is None else now + seconds, weight, now)
-            pending = self._take_pending()
+            pending = self._take_pending() if self._pending else ()
         if pending:
             self._fire(pending)
 
@@ -532,14 +535,19 @@ class MemoryCache(Generic[K, V]):
         if self._listener is not None:
             self._pending.append((node.key, node.value, cause))
 
-    def _take_pending(self) -> list[tuple[Any, Any, RemovalCause]]:
-        """The notifications queued so far (taken under the lock, fired after it)."""
+    def _take_pending(self) -> Sequence[tuple[Any, Any, RemovalCause]]:
+        """The notifications queued so far (taken under the lock, fired after it).
+
+        Never the live list itself: another thread may append to that as soon
+        as the lock is released.
+        """
         pending = self._pending
-        if pending:
-            self._pending = []
+        if not pending:
+            return ()
+        self._pending = []
         return pending
 
-    def _fire(self, pending: list[tuple[Any, Any, RemovalCause]]) -> None:
+    def _fire(self, pending: Sequence[tuple[Any, Any, RemovalCause]]) -> None:
         listener = self._listener
         if listener is None:
             return
