@@ -164,6 +164,24 @@ def test_expired_entries_are_reclaimed_without_being_read(clock: ManualClock) ->
     assert [] == cache._audit()
 
 
+def test_reads_alone_reclaim_expired_entries(clock: ManualClock) -> None:
+    """A cache that is only read still hands back its dead: each full read buffer does
+    the maintenance, and so does a read that finds its entry expired."""
+    removals, on_removal = recorder()
+    cache: MemoryCache[str, int] = MemoryCache(10, clock=clock, on_removal=on_removal)
+    cache.set("short", 1, ttl=1)
+    cache.set("read", 2, ttl=10)
+    cache.set("kept", 3)
+    clock.advance(1)
+    for _ in range(500):
+        assert 3 == cache.get("kept")
+    assert [("short", 1, RemovalCause.EXPIRED)] == removals
+    clock.advance(9)
+    assert cache.get("read", MISSING) is MISSING
+    assert ("read", 2, RemovalCause.EXPIRED) == removals[-1]
+    assert {"kept"} == set(cache._data)
+
+
 def test_len_and_stats_count_live_entries_exactly(clock: ManualClock) -> None:
     cache: MemoryCache[int, int] = MemoryCache(1000, clock=clock)
     for i in range(10):

@@ -18,7 +18,7 @@ from buttress.cache._memcached import MemcachedStore
 from buttress.cache._memory import MemoryCache
 from buttress.cache._missing import MISSING
 from buttress.cache._redis import RedisStore
-from buttress.cache._runtime import adrive, drive
+from buttress.cache._runtime import Logic, adrive, drive
 from buttress.cache._serializers import Serializer
 from buttress.cache._store import Store
 from buttress.clock import Clock
@@ -152,6 +152,76 @@ class _Facade:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, tiers={list(self.tiers)})"
 
+    # Both faces build the same logic here; they differ only in how they run it.
+
+    def _l1_hit(self, full: str) -> Any:
+        """The hot path: an L1 hit does no I/O and runs no logic."""
+        core = self._core
+        l1 = core.l1
+        if l1 is not None and core.loader is None:
+            entry = l1.get(full, MISSING)
+            if entry is not MISSING and core.now() < entry.fresh_until:
+                return entry.value
+        return MISSING
+
+    def _get_logic(self, key: str, full: str) -> Logic[Any]:
+        core = self._core
+        if core.loader is not None:
+            result = yield from self._load_logic(key, functools.partial(core.loader, key))
+            return result.value
+        return (yield from core.get(full))
+
+    def _set_logic(
+        self,
+        items: Mapping[str, Any],
+        ttl: Duration | None,
+        tags: Iterable[str] | None,
+        category: str | None,
+    ) -> Logic[None]:
+        core = self._core
+        pairs = [(core.full_key(key), value) for key, value in items.items()]
+        return core.set_many(pairs, core.resolve_ttl(ttl, category), core.check_tags(tags))
+
+    def _load_logic(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: Duration | None = None,
+        tags: Iterable[str] | None = None,
+        category: str | None = None,
+    ) -> Logic[CacheResult]:
+        core = self._core
+        return core.load(
+            core.full_key(key), loader, core.resolve_ttl(ttl, category), core.check_tags(tags)
+        )
+
+    def _warm_logic(
+        self,
+        keys: Iterable[str],
+        loader: Callable[[list[str]], Any],
+        *,
+        ttl: Duration | None,
+        tags: Iterable[str] | None,
+        category: str | None,
+        batch_size: int,
+        concurrency: int,
+        skip_cached: bool,
+    ) -> Logic[WarmReport]:
+        core = self._core
+        return core.warm(
+            [core.full_key(key) for key in keys],
+            loader,
+            ttl=core.resolve_ttl(ttl, category),
+            tags=core.check_tags(tags),
+            batch_size=check_int("warm", "batch_size", batch_size, minimum=1),
+            concurrency=check_int("warm", "concurrency", concurrency, minimum=1),
+            skip_cached=skip_cached,
+        )
+
+    def _keys_logic(self, op: Callable[[list[str]], Logic[T]], keys: Iterable[str]) -> Logic[T]:
+        core = self._core
+        return op([core.full_key(key) for key in keys])
+
 
 class Cache(_Facade):
     """An async tiered cache: memory L1, Redis L2, memcached L3.
@@ -176,16 +246,10 @@ class Cache(_Facade):
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The fresh value of ``key``, or ``default`` (pass ``MISSING`` to tell a stored None)."""
-        core = self._core
-        full = core.full_key(key)
-        if core.loader is not None:
-            return (await self.load(key, functools.partial(core.loader, key))).value
-        l1 = core.l1
-        if l1 is not None:  # the hot path: an L1 hit does no I/O and no logic
-            entry = l1.get(full, MISSING)
-            if entry is not MISSING and core.now() < entry.fresh_until:
-                return entry.value
-        value = await adrive(core.get(full), core.async_runtime)
+        full = self._core.full_key(key)
+        value = self._l1_hit(full)
+        if value is MISSING:
+            value = await self._run(self._get_logic(key, full))
         return default if value is MISSING else value
 
     async def contains(self, key: str) -> bool:
@@ -194,8 +258,7 @@ class Cache(_Facade):
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values of ``keys`` that are cached: one round trip per tier."""
-        core = self._core
-        return await self._run(core.get_many([core.full_key(key) for key in keys]))  # type: ignore[no-any-return]
+        return await self._run(self._keys_logic(self._core.get_many, keys))  # type: ignore[no-any-return]
 
     async def set(
         self,
@@ -207,11 +270,7 @@ class Cache(_Facade):
         category: str | None = None,
     ) -> None:
         """Store ``value`` in every tier (and the writer, if the cache has one)."""
-        core = self._core
-        items = [(core.full_key(key), value)]
-        await self._run(
-            core.set_many(items, core.resolve_ttl(ttl, category), core.check_tags(tags))
-        )
+        await self._run(self._set_logic({key: value}, ttl, tags, category))
 
     async def set_many(
         self,
@@ -222,16 +281,11 @@ class Cache(_Facade):
         category: str | None = None,
     ) -> None:
         """Store several values: one round trip per tier."""
-        core = self._core
-        pairs = [(core.full_key(key), value) for key, value in items.items()]
-        await self._run(
-            core.set_many(pairs, core.resolve_ttl(ttl, category), core.check_tags(tags))
-        )
+        await self._run(self._set_logic(items, ttl, tags, category))
 
     async def delete(self, *keys: str) -> None:
         """Remove ``keys`` from every tier (and from other processes' memory tier)."""
-        core = self._core
-        await self._run(core.delete([core.full_key(key) for key in keys]))
+        await self._run(self._keys_logic(self._core.delete, keys))
 
     @overload
     async def get_or_set(
@@ -280,11 +334,7 @@ class Cache(_Facade):
         category: str | None = None,
     ) -> CacheResult:
         """Like :meth:`get_or_set`, but says whether the value is stale and where it came from."""
-        core = self._core
-        logic = core.load(
-            core.full_key(key), loader, core.resolve_ttl(ttl, category), core.check_tags(tags)
-        )
-        return await self._run(logic)  # type: ignore[no-any-return]
+        return await self._run(self._load_logic(key, loader, ttl, tags, category))  # type: ignore[no-any-return]
 
     async def invalidate_tags(self, tags: Iterable[str]) -> None:
         """Drop every entry written with any of ``tags``, on all tiers and processes."""
@@ -321,14 +371,14 @@ class Cache(_Facade):
         Batches of ``batch_size`` keys run ``concurrency`` at a time; keys that
         are already cached are skipped unless ``skip_cached=False``.
         """
-        core = self._core
-        logic = core.warm(
-            [core.full_key(key) for key in keys],
+        logic = self._warm_logic(
+            keys,
             loader,
-            ttl=core.resolve_ttl(ttl, category),
-            tags=core.check_tags(tags),
-            batch_size=check_int("warm", "batch_size", batch_size, minimum=1),
-            concurrency=check_int("warm", "concurrency", concurrency, minimum=1),
+            ttl=ttl,
+            tags=tags,
+            category=category,
+            batch_size=batch_size,
+            concurrency=concurrency,
             skip_cached=skip_cached,
         )
         return await self._run(logic)  # type: ignore[no-any-return]
@@ -400,16 +450,10 @@ class SyncCache(_Facade):
     def get(self, key: str, default: D) -> Any | D: ...
     def get(self, key: str, default: Any = None) -> Any:
         """The fresh value of ``key``, or ``default`` (pass ``MISSING`` to tell a stored None)."""
-        core = self._core
-        full = core.full_key(key)
-        if core.loader is not None:
-            return self.load(key, functools.partial(core.loader, key)).value
-        l1 = core.l1
-        if l1 is not None:
-            entry = l1.get(full, MISSING)
-            if entry is not MISSING and core.now() < entry.fresh_until:
-                return entry.value
-        value = drive(core.get(full), core.sync_runtime)
+        full = self._core.full_key(key)
+        value = self._l1_hit(full)
+        if value is MISSING:
+            value = self._run(self._get_logic(key, full))
         return default if value is MISSING else value
 
     def contains(self, key: str) -> bool:
@@ -419,8 +463,7 @@ class SyncCache(_Facade):
     __contains__ = contains
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        core = self._core
-        return self._run(core.get_many([core.full_key(key) for key in keys]))  # type: ignore[no-any-return]
+        return self._run(self._keys_logic(self._core.get_many, keys))  # type: ignore[no-any-return]
 
     def set(
         self,
@@ -431,9 +474,7 @@ class SyncCache(_Facade):
         tags: Iterable[str] | None = None,
         category: str | None = None,
     ) -> None:
-        core = self._core
-        items = [(core.full_key(key), value)]
-        self._run(core.set_many(items, core.resolve_ttl(ttl, category), core.check_tags(tags)))
+        self._run(self._set_logic({key: value}, ttl, tags, category))
 
     def set_many(
         self,
@@ -443,13 +484,10 @@ class SyncCache(_Facade):
         tags: Iterable[str] | None = None,
         category: str | None = None,
     ) -> None:
-        core = self._core
-        pairs = [(core.full_key(key), value) for key, value in items.items()]
-        self._run(core.set_many(pairs, core.resolve_ttl(ttl, category), core.check_tags(tags)))
+        self._run(self._set_logic(items, ttl, tags, category))
 
     def delete(self, *keys: str) -> None:
-        core = self._core
-        self._run(core.delete([core.full_key(key) for key in keys]))
+        self._run(self._keys_logic(self._core.delete, keys))
 
     def get_or_set(
         self,
@@ -471,11 +509,7 @@ class SyncCache(_Facade):
         tags: Iterable[str] | None = None,
         category: str | None = None,
     ) -> CacheResult:
-        core = self._core
-        logic = core.load(
-            core.full_key(key), loader, core.resolve_ttl(ttl, category), core.check_tags(tags)
-        )
-        return self._run(logic)  # type: ignore[no-any-return]
+        return self._run(self._load_logic(key, loader, ttl, tags, category))  # type: ignore[no-any-return]
 
     def invalidate_tags(self, tags: Iterable[str]) -> None:
         core = self._core
@@ -503,14 +537,14 @@ class SyncCache(_Facade):
         concurrency: int = 4,
         skip_cached: bool = True,
     ) -> WarmReport:
-        core = self._core
-        logic = core.warm(
-            [core.full_key(key) for key in keys],
+        logic = self._warm_logic(
+            keys,
             loader,
-            ttl=core.resolve_ttl(ttl, category),
-            tags=core.check_tags(tags),
-            batch_size=check_int("warm", "batch_size", batch_size, minimum=1),
-            concurrency=check_int("warm", "concurrency", concurrency, minimum=1),
+            ttl=ttl,
+            tags=tags,
+            category=category,
+            batch_size=batch_size,
+            concurrency=concurrency,
             skip_cached=skip_cached,
         )
         return self._run(logic)  # type: ignore[no-any-return]

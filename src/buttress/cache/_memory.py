@@ -335,8 +335,9 @@ class MemoryCache(Generic[K, V]):
         """Remove every ``str`` key matching the glob ``pattern``; how many were removed.
 
         Globs as :func:`fnmatch.fnmatchcase`: ``*``, ``?``, ``[abc]``, ``[!abc]``,
-        case-sensitive. This one scans the keys, outside the lock: the matches
-        are taken from a snapshot, so entries written meanwhile may survive.
+        case-sensitive. This one scans the keys, outside the lock (other
+        threads read and write meanwhile): the matches come from a snapshot, so
+        a key first written during the scan may survive it.
         """
         if not isinstance(pattern, str):
             raise ValueError(f"{_NAME}: pattern must be a glob string, got {pattern!r}")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any, ClassVar, Final
 
 from buttress.cache._sketch import MAX_FREQUENCY, FrequencySketch
@@ -432,17 +432,25 @@ class _Probation(OrderedDict[Hashable, Node]):
 
     Reads are applied as ``node.queue.move_to_end(node.key)`` whatever segment
     the node is in: a C call for the window and protected segments, and for
-    probation this method, which moves it to protected (SLRU's second hit).
+    probation this method, which moves the node to protected (SLRU's second
+    hit); protected's overflow drops back here.
     """
 
-    __slots__ = ("_promote",)
+    __slots__ = ("_policy",)
 
-    def __init__(self, promote: Callable[[Hashable], None]) -> None:
+    def __init__(self, policy: TinyLfuPolicy) -> None:
         super().__init__()
-        self._promote = promote
+        self._policy = policy
 
     def move_to_end(self, key: Hashable, last: bool = True) -> None:
-        self._promote(key)
+        policy = self._policy
+        node = self.pop(key)
+        protected = policy._protected
+        protected[key] = node
+        node.queue = protected
+        policy._protected_weight += node.weight
+        if policy._protected_weight > policy._protected_max:
+            policy._demote()
 
 
 class TinyLfuPolicy(Policy):
@@ -477,7 +485,7 @@ class TinyLfuPolicy(Policy):
 
     def __init__(self, max_size: int, *, weighted: bool) -> None:
         self._window: OrderedDict[Hashable, Node] = OrderedDict()
-        self._probation = _Probation(self._promote)
+        self._probation = _Probation(self)
         self._protected: OrderedDict[Hashable, Node] = OrderedDict()
         self._window_weight = 0
         self._protected_weight = 0
@@ -572,22 +580,13 @@ class TinyLfuPolicy(Policy):
             node.freq = freq + 1
             if freq < MAX_FREQUENCY:  # a saturated 4-bit counter would not move: no sample
                 counted += 1
-            # Window and protected: to the young end. Probation: promoted (see
-            # _Probation). Gone since it was read: nothing (see DEAD).
+            # Window and protected: to the young end. Probation: promoted to
+            # protected (see _Probation). Gone since it was read: nothing (DEAD).
             node.queue.move_to_end(node.key)
         self._hits_in_sample += len(batch)
         self._samples += counted
         if self._samples >= self._period:
             self._age()
-
-    def _promote(self, key: Hashable) -> None:
-        """A second hit: probation to protected (whose overflow drops back to probation)."""
-        node = self._probation.pop(key)
-        self._protected[key] = node
-        node.queue = self._protected
-        self._protected_weight += node.weight
-        if self._protected_weight > self._protected_max:
-            self._demote()
 
     def _demote(self) -> None:
         protected, probation = self._protected, self._probation

@@ -27,7 +27,7 @@ MAX_FREQUENCY = 15
 _MASK28 = (1 << 28) - 1
 _HALVE = bytes(i >> 1 for i in range(256))
 _COUNTERS_PER_ENTRY = 4  # per row, four rows: 16 one-byte counters per entry, as Caffeine
-_MAX_ROW_BITS = 28  # rows of up to 2**28 counters, as many as the hash halves address
+_MAX_ROW_BITS = 24  # at most 4 x 16 MiB: beyond ~4M entries, more collisions instead
 
 
 class FrequencySketch:
