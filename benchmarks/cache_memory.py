@@ -423,7 +423,8 @@ def throughput(settings: Settings) -> list[Report]:
                 theirs = timings[rival].best - base
                 report.targets.append(
                     Target(
-                        f"get-hit of MemoryCache(tinylfu, ttl) at most {rival}",
+                        f"{title.split(', ', 2)[2]}: get-hit of MemoryCache(tinylfu, ttl) "
+                        f"at most {rival}",
                         f"{ours:,.0f} ns vs {theirs:,.0f} ns = {ratio(ours, theirs)}",
                         ours <= theirs,
                     )

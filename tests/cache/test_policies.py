@@ -189,6 +189,22 @@ def test_tinylfu_climbs_toward_the_window_size_that_hits_more() -> None:
     assert 1000 == policy.count
 
 
+def test_tinylfu_keeps_an_entry_too_heavy_for_protected_in_probation() -> None:
+    cache: MemoryCache[str, str] = MemoryCache(
+        100, weigher=lambda key, value: len(value), clock=ManualClock()
+    )
+    policy = cache._policy
+    assert isinstance(policy, TinyLfuPolicy)
+    cache.set("heavy", "x" * 90)  # heavier than the window (1 of 100): on to probation
+    cache.set("light", "y")
+    assert cache._data["heavy"].queue is policy._probation
+    for _ in range(3):
+        assert "x" * 90 == cache.get("heavy")
+    cache.cleanup()
+    assert cache._data["heavy"].queue is policy._probation  # 90 > protected's 79
+    assert [] == cache._audit()
+
+
 def test_tinylfu_regions_keep_their_proportions() -> None:
     policy = make_policy("tinylfu", 1000, weighted=False)
     assert isinstance(policy, TinyLfuPolicy)

@@ -525,23 +525,27 @@ class CacheCore:
             if raws is FAILED:
                 continue
             found: dict[str, tuple[Entry, bytes]] = {}
+            tagged = False
             for full, raw in zip(missing, raws, strict=True):
-                entry = None if raw is None else self.decode(tier, raw)
-                if entry is None or not entry.is_usable(now):
+                if raw is None:
                     continue
-                found[full] = (entry, raw)
-            if any(entry.tags for entry, _ in found.values()):
+                entry = self.decode(tier, raw)
+                if entry is not None and now < entry.stale_until:
+                    found[full] = (entry, raw)
+                    tagged = tagged or bool(entry.tags)
+            if tagged:
                 valid = yield from self.valid_tags([entry for entry, _ in found.values()])
                 found = {full: pair for full, pair in found.items() if valid[id(pair[0])]}
             tier.hits += len(found)
             tier.misses += len(missing) - len(found)
             backfill: list[SetItem] = []
+            copy_up = index > 0 or l1 is not None
             for full, (entry, raw) in found.items():
-                if entry.is_fresh(now):
+                if now < entry.fresh_until:
                     fresh[full] = entry
                     # Not copied when invalidated meanwhile: the copy might
                     # be the value that was just deleted.
-                    if self.unchanged(full, since):
+                    if copy_up and self.unchanged(full, since):
                         backfill.append((full, raw, entry.remaining(now)))
                         self.l1_set(full, entry, now)
                 else:

@@ -444,7 +444,11 @@ class _Probation(OrderedDict[Hashable, Node]):
 
     def move_to_end(self, key: Hashable, last: bool = True) -> None:
         policy = self._policy
-        node = self.pop(key)
+        node = self[key]
+        if node.weight > policy._protected_max:  # could never fit: stays here (as Caffeine)
+            super().move_to_end(key)
+            return
+        del self[key]
         protected = policy._protected
         protected[key] = node
         node.queue = protected
