@@ -166,10 +166,9 @@ class _Facade:
 
     def _get_logic(self, key: str, full: str) -> Logic[Any]:
         core = self._core
-        if core.loader is not None:
-            result = yield from self._load_logic(key, functools.partial(core.loader, key))
-            return result.value
-        return (yield from core.get(full))
+        if core.loader is None:
+            return core.get(full)
+        return core.value_of(self._load_logic(key, functools.partial(core.loader, key)))
 
     def _set_logic(
         self,

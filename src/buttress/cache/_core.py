@@ -613,6 +613,10 @@ class CacheCore:
         entry = fresh.get(full)
         return MISSING if entry is None else entry.value
 
+    @staticmethod
+    def value_of(load: Logic[CacheResult]) -> Logic[Any]:
+        return (yield from load).value
+
     def get_many(self, fulls: Sequence[str]) -> Logic[dict[str, Any]]:
         fresh, _ = yield from self.lookup(fulls)
         return {self.user_key(full): entry.value for full, entry in fresh.items()}
