@@ -76,6 +76,7 @@ class RemoteTier:
         self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadCoalescer] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_coalescer: ReadCoalescer | None = None
 
     def call(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``store.<op>(*args, **kwargs)`` through the breaker; FAILED if it fails."""
@@ -107,9 +108,13 @@ class RemoteTier:
 
     def coalescer(self) -> ReadCoalescer:
         loop = asyncio.get_running_loop()
+        last = self._last_coalescer
+        if last is not None and last.loop is loop:  # the usual case: one loop
+            return last
         coalescer = self._coalescers.get(loop)
         if coalescer is None:
             coalescer = self._coalescers[loop] = ReadCoalescer(self, loop)
+        self._last_coalescer = coalescer
         return coalescer
 
     def _failed(self, op: str, exc: BaseException) -> None:
@@ -163,7 +168,7 @@ class ReadCoalescer:
 
     def __init__(self, tier: RemoteTier, loop: asyncio.AbstractEventLoop) -> None:
         self._tier = tier
-        self._loop = loop
+        self.loop = loop
         self._in_flight = 0
         self._waiting: list[tuple[str, asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,7 +182,7 @@ class ReadCoalescer:
             finally:
                 self._in_flight -= 1
                 self._send_waiting()
-        future: asyncio.Future[Any] = self._loop.create_future()
+        future: asyncio.Future[Any] = self.loop.create_future()
         self._waiting.append((key, future))
         return await future
 
@@ -185,7 +190,7 @@ class ReadCoalescer:
         if self._waiting and self._in_flight < _MAX_IN_FLIGHT:
             batch, self._waiting = self._waiting, []
             self._in_flight += 1
-            task = self._loop.create_task(self._send(batch))
+            task = self.loop.create_task(self._send(batch))
             self._tasks.add(task)  # a task nobody references may be collected
             task.add_done_callback(self._tasks.discard)
 
