@@ -77,6 +77,10 @@ T = TypeVar("T")
 
 _SCHEME = "memcached://"
 _DEFAULT_PORT = 11211
+# memcached's default item size limit (-I 1m) covers key, flags and header too:
+# a value beyond this is not sent (and any older copy is deleted), rather than
+# refused by the server as an error that would count against the tier.
+_MAX_VALUE_SIZE = 1024 * 1024 - 512
 _RELATIVE_LIMIT = 30 * 24 * 3600
 """Larger expiry values are unix times to memcached."""
 _LAST_UNIX_TIME = 2**31 - 1
@@ -266,6 +270,7 @@ class MemcachedStore:
     ) -> None:
         addresses = _parse_servers(url)
         self._timeout = _seconds("timeout", timeout)
+        self._max_value_size = _MAX_VALUE_SIZE
         self._connect_timeout = self._timeout
         if connect_timeout is not None:
             self._connect_timeout = _seconds("connect_timeout", connect_timeout)
@@ -350,7 +355,20 @@ class MemcachedStore:
                         self._max_connections, thread_name_prefix=f"buttress-{self.name}"
                     )
                 executor = self._executor
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        queued = time.monotonic()
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, self._in_turn, queued, fn, args
+        )
+
+    def _in_turn(self, queued: float, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        # Waiting for a pool thread is waiting for a turn, like waiting for a
+        # connection: at most `timeout` in all, or the caller is told so.
+        waited = time.monotonic() - queued
+        if waited > self._timeout:
+            raise TimeoutError(
+                f"memcached: no free connection for {waited:.3f}s (timeout {self._timeout}s)"
+            )
+        return fn(*args)
 
     # -- reads and writes ----------------------------------------------------
 
@@ -380,8 +398,15 @@ class MemcachedStore:
         for key, value, ttl in items:
             latest[key] = (value, _expire(ttl))
         batches: dict[tuple[_Server, int], dict[str, bytes]] = {}
+        too_large = []
         for key, (value, expire) in latest.items():
+            if len(value) > self._max_value_size:
+                too_large.append(key)  # memcached would refuse it; that is no outage
+                continue
             batches.setdefault((self._server(key), expire), {})[key] = value
+        if too_large:
+            # Not stored: an older copy must not be served in its place.
+            self.delete_many(too_large)
         for (server, expire), values in batches.items():
             with self._connection(server) as client:
                 failed = client.set_many(values, expire=expire, noreply=False)

@@ -24,7 +24,9 @@ that opened them, so the store keeps one async client per running loop: a second
 ``asyncio.run`` (or a new loop per test) gets its own, and a loop's client is
 closed when the loop shuts down (``asyncio.run`` and ``asyncio.Runner`` close the
 loop's async generators first, which is the hook used). A loop closed without that
-step leaves its connections to the garbage collector.
+step (``loop.close()`` with no ``shutdown_asyncgens()``) is not noticed: its client
+and connections stay with the store until ``close()``. Use ``asyncio.run``, or
+``await loop.shutdown_asyncgens()`` before closing a loop by hand.
 
 Needs Redis 7.0 or later (``SET ... NX GET`` and ``PEXPIRE ... GT``). redis-py is
 imported when a store is made, never by ``import buttress.cache``.
