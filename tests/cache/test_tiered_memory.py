@@ -604,3 +604,53 @@ def test_cached_method_does_not_keep_self_alive(clock: ManualClock) -> None:
     del repo
     gc.collect()
     assert ref() is None
+
+
+async def test_an_early_reload_that_fails_serves_the_fresh_value_not_marked_stale(
+    clock: ManualClock,
+) -> None:
+    cache = memory_cache(clock, early_expiration=1000.0)
+    calls = 0
+
+    async def loader() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ConnectionError("upstream down")
+        clock.advance(1)  # a slow loader: XFetch reloads it well before expiry
+        return "v"
+
+    await cache.get_or_set("k", loader, ttl=100)
+    result = await cache.load("k", loader, ttl=100)
+    assert 2 == calls  # XFetch did try to reload early
+    assert ("v", False) == (result.value, result.stale)
+    assert 0 == cache.stats().stale_served
+
+
+async def test_warm_counts_a_batch_with_a_bad_key_as_failed(clock: ManualClock) -> None:
+    cache = memory_cache(clock)
+
+    def loader(keys: list[str]) -> dict[object, int]:
+        return {42: 1}  # not a str: not a key this cache can hold
+
+    report = await cache.warm(["a"], loader)
+    assert (0, 0, 1) == (report.loaded, report.skipped, report.failed)
+
+
+async def test_writes_after_close_are_refused_not_lost(clock: ManualClock) -> None:
+    written: list[tuple[str, Any]] = []
+    cache = memory_cache(clock, write_behind=written.extend)
+    await cache.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await cache.set("k", 1)
+    assert await cache.get("k") is None  # refused before anything was cached
+
+
+def test_sync_refresh_ahead_reloads_on_a_background_thread(clock: ManualClock) -> None:
+    cache = SyncCache([MemoryCache(100, clock=clock)], clock=clock, refresh_ahead=0.5)
+    versions = iter(range(1, 10))
+    assert 1 == cache.get_or_set("k", lambda: next(versions), ttl=10)
+    clock.advance(6)  # in the last half of the TTL
+    assert 1 == cache.get_or_set("k", lambda: next(versions), ttl=10)
+    cache.close()  # waits for background work
+    assert 2 == cache.get("k")
