@@ -630,7 +630,7 @@ async def test_an_early_reload_that_fails_serves_the_fresh_value_not_marked_stal
 async def test_warm_counts_a_batch_with_a_bad_key_as_failed(clock: ManualClock) -> None:
     cache = memory_cache(clock)
 
-    def loader(keys: list[str]) -> dict[object, int]:
+    def loader(keys: list[str]) -> Any:
         return {42: 1}  # not a str: not a key this cache can hold
 
     report = await cache.warm(["a"], loader)
