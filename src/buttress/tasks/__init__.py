@@ -1,12 +1,41 @@
 """Durable background tasks: priorities, retries, a dead-letter queue, leases.
 
-Being built (issue 4): so far the task model — priorities, statuses, ids,
-the stored record — and the argument payload format.
+>>> from buttress.tasks import Queue, Worker, Priority
+>>> queue = Queue.from_url("sqlite:///buttress.db")
+>>> @queue.task(priority=Priority.HIGH, retries=3)
+... async def send_email(to: str) -> None: ...
+>>> await send_email.enqueue("a@example.com")
+>>> await Worker(queue, concurrency=10).run(until_empty=True)
+
+Being built (issue 4): the model, the queue front, the SQLite backend and the
+worker are here; periodic tasks, the CLI and the crash tests are still to come.
 """
 
+from buttress.tasks._backend import Backend, Claim, NewTask, Page, QueueStats, TaskFilter
 from buttress.tasks._model import Priority, Progress, Task, TaskError, TaskStatus, new_task_id
+from buttress.tasks._queue import Backoff, Queue, TaskDefinition
+from buttress.tasks._worker import TaskContext, Worker, current_task
 
-__all__ = ["Priority", "Progress", "Task", "TaskError", "TaskStatus", "new_task_id"]
+__all__ = [
+    "Backend",
+    "Backoff",
+    "Claim",
+    "NewTask",
+    "Page",
+    "Priority",
+    "Progress",
+    "Queue",
+    "QueueStats",
+    "Task",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskError",
+    "TaskFilter",
+    "TaskStatus",
+    "Worker",
+    "current_task",
+    "new_task_id",
+]
 
 for _name in __all__:
     _obj = globals()[_name]

@@ -1,0 +1,352 @@
+"""The worker: claims tasks under a lease, runs them, and records what happened.
+
+>>> await Worker(queue, concurrency=10).run()                  # until SIGTERM/SIGINT
+>>> await Worker(queue, concurrency=10).run(until_empty=True)  # drain, then return
+
+The lease is the central guarantee. A claimed task is held for ``lease``
+seconds and the worker renews it by heartbeat while the task runs; a task is
+only marked finished if its lease is still held (so a late finisher cannot
+overwrite a newer attempt), and a reaper gives tasks whose lease lapsed — their
+worker died — back to the queue, with the attempt counted: at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import signal
+import socket
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from buttress.resilience._common import Duration, check_int, check_seconds
+from buttress.tasks._backend import Claim
+from buttress.tasks._model import Progress, Task, TaskError
+from buttress.tasks._payload import decode_payload, payload_serializer
+from buttress.tasks._queue import Queue, TaskDefinition
+
+__all__ = ["TaskContext", "Worker", "current_task"]
+
+log = logging.getLogger("buttress.tasks")
+
+_current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("buttress_task")
+
+
+def current_task() -> TaskContext:
+    """The context of the task running here (in its coroutine, thread or callbacks).
+
+    >>> ctx = current_task()
+    >>> ctx.progress(0.5, "half way")
+    >>> if ctx.cancelled: return
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("current_task() is only available inside a running task") from None
+
+
+class TaskContext:
+    """What a running task knows about itself: its record, progress, cancellation."""
+
+    def __init__(self, task: Task, worker: Worker) -> None:
+        self.task = task
+        self._worker = worker
+        self.cancelled = False
+        """True once someone asked this task to stop: finish up and return."""
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempts
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Record how far the task has got (0 to 1); written by the worker's next beat."""
+        self._worker._progress[self.task.id] = Progress(fraction, message)
+
+
+@dataclass
+class _Running:
+    claim: Claim
+    context: TaskContext
+    job: asyncio.Task[Any]
+    cancel_at: float | None = None
+
+
+class Worker:
+    """Runs a queue's tasks: ``async def`` on the loop, ``def`` in threads, or in processes."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        concurrency: int = 10,
+        names: list[str] | None = None,
+        poll_interval: Duration = 0.5,
+        heartbeat: Duration | None = None,
+        grace: Duration = 30.0,
+        cancel_grace: Duration = 5.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.clock = queue.clock
+        self.concurrency = check_int("Worker", "concurrency", concurrency, minimum=1)
+        self.names = names
+        self.poll_interval = check_seconds("Worker", "poll_interval", poll_interval)
+        self.lease = queue.lease
+        self.heartbeat = (
+            self.lease / 3 if heartbeat is None else check_seconds("Worker", "heartbeat", heartbeat)
+        )
+        self.grace = check_seconds("Worker", "grace", grace)
+        self.cancel_grace = check_seconds("Worker", "cancel_grace", cancel_grace)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._running: dict[str, _Running] = {}
+        self._progress: dict[str, Progress] = {}
+        self._stopping = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: ProcessPoolExecutor | None = None
+        self.processed = 0
+        self.failed = 0
+
+    def stop(self) -> None:
+        """Stop claiming; running tasks get ``grace`` seconds, the rest go back to the queue."""
+        self._stopping.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self, *, until_empty: bool = False) -> None:
+        """Claim and run tasks until stopped (SIGTERM/SIGINT), or until none is left."""
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        installed = self._install_signals(loop)
+        beat = loop.create_task(self._beat())
+        try:
+            await self._claim_loop(until_empty)
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            await self._shut_down()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signals here
+            installed.append(sig)
+        return installed
+
+    async def _claim_loop(self, until_empty: bool) -> None:
+        backend = self.queue.backend
+        assert self._wake is not None
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            claims: list[Claim] = []
+            if free > 0:
+                claims = await self.queue._call(
+                    functools.partial(
+                        backend.claim,
+                        worker=self.id,
+                        names=self.names,
+                        now=self.queue.now(),
+                        lease=self.lease,
+                        limit=free,
+                    )
+                )
+            for claim in claims:
+                self._start(claim)
+            if claims:
+                continue
+            if until_empty and not self._running:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    def _start(self, claim: Claim) -> None:
+        context = TaskContext(claim.task, self)
+        job = asyncio.get_running_loop().create_task(self._execute(claim, context))
+        self._running[claim.task.id] = _Running(claim, context, job)
+        job.add_done_callback(lambda _: self._finished(claim.task.id))
+
+    def _finished(self, task_id: str) -> None:
+        self._running.pop(task_id, None)
+        self._progress.pop(task_id, None)
+        if self._wake is not None:
+            self._wake.set()  # a slot is free: claim again now
+
+    async def _execute(self, claim: Claim, context: TaskContext) -> None:
+        task = claim.task
+        definition = self.queue.tasks.get(task.name)
+        if definition is None:
+            await self._fail(
+                claim,
+                TaskError("UnknownTask", f"no task named {task.name!r} is registered here"),
+                retry=False,
+            )
+            return
+        try:
+            args, kwargs = decode_payload(payload_serializer(claim.payload_format), claim.payload)
+        except Exception as exc:
+            await self._fail(claim, _error_of(exc, "the task's payload is corrupt"), retry=False)
+            return
+        try:
+            result = await self._invoke(definition, context, args, kwargs)
+        except asyncio.CancelledError:
+            if self._stopping.is_set() and task.id not in self._cancelled_ids():
+                raise  # shutdown: the task goes back to the queue
+            await self._fail(claim, TaskError("Cancelled", "the task was cancelled"), retry=False)
+            return
+        except Exception as exc:
+            self.failed += 1
+            await self._fail(claim, _error_of(exc), retry=True, definition=definition)
+            return
+        self.processed += 1
+        encoded = self.queue.serializer.dumps(result) if result is not None else None
+        done = await self.queue._call(
+            lambda: self.queue.backend.succeed(
+                self.id, task.id, task.attempts, encoded, self.queue.now()
+            )
+        )
+        if not done:
+            log.warning("task %s finished after its lease was lost; the result is dropped", task.id)
+
+    def _cancelled_ids(self) -> set[str]:
+        return {tid for tid, run in self._running.items() if run.context.cancelled}
+
+    async def _invoke(
+        self,
+        definition: TaskDefinition[Any, Any],
+        context: TaskContext,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        timeout = context.task.timeout
+        _current.set(context)
+        loop = asyncio.get_running_loop()
+        if definition.executor == "async":
+            async with asyncio.timeout(timeout):
+                return await definition.fn(*args, **kwargs)
+        if definition.executor == "thread":
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix="buttress-task"
+                )
+            run = contextvars.copy_context().run
+            # A thread can't be stopped: on timeout the worker stops waiting and
+            # records the failure; the thread finishes on its own.
+            call = functools.partial(run, definition.fn, *args, **kwargs)
+            return await asyncio.wait_for(loop.run_in_executor(self._threads, call), timeout)
+        if self._processes is None:
+            self._processes = ProcessPoolExecutor(self.concurrency)
+        future = loop.run_in_executor(self._processes, _call, definition.fn, args, kwargs)
+        return await asyncio.wait_for(future, timeout)
+
+    async def _fail(
+        self,
+        claim: Claim,
+        error: TaskError,
+        *,
+        retry: bool,
+        definition: TaskDefinition[Any, Any] | None = None,
+    ) -> None:
+        task = claim.task
+        retry_at = None
+        if retry and definition is not None and task.attempts <= task.max_retries:
+            retry_at = self.queue.now() + definition.backoff.delay(task.attempts)
+        level = logging.WARNING if retry_at is not None else logging.ERROR
+        log.log(
+            level,
+            "task %s (%s) attempt %d failed: %s: %s%s",
+            task.id,
+            task.name,
+            task.attempts,
+            error.type,
+            error.message,
+            "" if retry_at is not None else "; dead-lettered",
+        )
+        await self.queue._call(
+            lambda: self.queue.backend.fail(
+                self.id, task.id, task.attempts, error, retry_at, self.queue.now()
+            )
+        )
+
+    async def _beat(self) -> None:
+        """Renew leases, write progress, honour cancel requests, reap lapsed leases."""
+        backend = self.queue.backend
+        since_reap = 0.0
+        while True:
+            await self.clock.sleep_async(self.heartbeat)
+            ids = list(self._running)
+            now = self.queue.now()
+            if ids:
+                held = await self.queue._call(backend.heartbeat, self.id, ids, now + self.lease)
+                for task_id in set(ids) - held:
+                    log.warning("task %s: lease lost (another worker may run it)", task_id)
+                for task_id, progress in list(self._progress.items()):
+                    await self.queue._call(backend.progress, self.id, task_id, progress)
+                await self._honour_cancels(ids, now)
+            since_reap += self.heartbeat
+            if since_reap >= self.lease:
+                since_reap = 0.0
+                reaped = await self.queue._call(backend.reap, now)
+                if reaped:
+                    log.warning("re-queued %d task(s) whose worker stopped renewing", len(reaped))
+
+    async def _honour_cancels(self, ids: list[str], now: float) -> None:
+        requested = await self.queue._call(self.queue.backend.cancel_requested, ids)
+        for task_id in requested:
+            running = self._running.get(task_id)
+            if running is None:
+                continue
+            if not running.context.cancelled:
+                running.context.cancelled = True
+                running.cancel_at = now + self.cancel_grace
+            elif running.cancel_at is not None and now >= running.cancel_at:
+                running.job.cancel()  # past the grace period: asyncio cancellation
+
+    async def _shut_down(self) -> None:
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(
+                [run.job for run in running], timeout=self.grace or None
+            )
+            if pending:
+                for job in pending:
+                    job.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                left = [run.claim.task.id for run in running if run.job in pending]
+                await self.queue._call(self.queue.backend.release, self.id, left, self.queue.now())
+                log.warning("shutdown: %d running task(s) given back to the queue", len(left))
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)
+            self._processes = None
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return fn(*args, **kwargs)
+
+
+def _error_of(exc: BaseException, message: str | None = None) -> TaskError:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        text = "the task ran past its timeout"
+    else:
+        text = message or str(exc)
+    return TaskError(
+        type(exc).__qualname__,
+        text,
+        "".join(traceback.format_exception(exc)),
+    )

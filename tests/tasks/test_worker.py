@@ -1,0 +1,157 @@
+"""The worker against the SQLite backend: run, retry, dead-letter, time out, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from buttress.clock import ManualClock
+from buttress.tasks import Priority, TaskStatus
+from buttress.tasks._queue import Backoff, Queue
+from buttress.tasks._worker import Worker, current_task
+
+
+@pytest.fixture
+def queue(tmp_path: Path, clock: ManualClock) -> Iterator[Queue]:
+    made = Queue.from_url(f"sqlite:///{tmp_path}/queue.db", clock=clock)
+    yield made
+    made.close()
+
+
+def result_of(queue: Queue, raw: object) -> object:
+    assert isinstance(raw, bytes)
+    return queue.serializer.loads(raw)
+
+
+async def test_async_and_thread_tasks_run_and_succeed(queue: Queue) -> None:
+    @queue.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @queue.task
+    def greet(name: str, *, punctuation: str = "!") -> str:
+        return f"hello {name}{punctuation}"
+
+    first = await double.enqueue(21)
+    second = await greet.enqueue("ada", punctuation="?")
+    await Worker(queue, concurrency=2).run(until_empty=True)
+    done_first, done_second = await queue.get(first.id), await queue.get(second.id)
+    assert TaskStatus.SUCCEEDED == done_first.status
+    assert 42 == result_of(queue, done_first.result)
+    assert "hello ada?" == result_of(queue, done_second.result)
+    assert 1 == done_first.attempts
+
+
+async def test_strict_priority_order_with_one_slot(queue: Queue) -> None:
+    order: list[str] = []
+
+    @queue.task
+    async def record(label: str) -> None:
+        order.append(label)
+
+    await queue.enqueue(record, "bulk", priority=Priority.BULK)
+    await queue.enqueue(record, "normal-1")
+    await queue.enqueue(record, "critical", priority="critical")
+    await queue.enqueue(record, "normal-2")
+    await Worker(queue, concurrency=1).run(until_empty=True)
+    assert ["critical", "normal-1", "normal-2", "bulk"] == order
+
+
+async def test_a_failure_is_retried_after_its_backoff_then_dead_lettered(
+    queue: Queue, clock: ManualClock
+) -> None:
+    attempts = 0
+
+    @queue.task(retries=1, backoff=Backoff(base=10))
+    async def flaky() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError(f"upstream down ({attempts})")
+
+    task = await flaky.enqueue()
+    await Worker(queue).run(until_empty=True)
+    waiting = await queue.get(task.id)
+    assert (TaskStatus.FAILED, 1) == (waiting.status, waiting.attempts)
+    assert clock.now() + 10 == waiting.eta
+    await Worker(queue).run(until_empty=True)  # not due yet: nothing runs
+    assert 1 == attempts
+    clock.advance(10)
+    await Worker(queue).run(until_empty=True)
+    dead = await queue.get(task.id)
+    assert TaskStatus.DEAD == dead.status
+    assert dead.error is not None
+    assert ("ConnectionError", "upstream down (2)") == (dead.error.type, dead.error.message)
+    assert "Traceback" in dead.error.traceback
+    assert [task.id] == [t.id for t in (await queue.dead_letters()).tasks]
+
+
+async def test_an_unknown_task_and_a_corrupt_payload_are_dead_lettered_not_fatal(
+    queue: Queue,
+) -> None:
+    @queue.task
+    async def fine() -> str:
+        return "ok"
+
+    unknown = await queue.enqueue("nobody_registered_this")
+    broken = dataclasses.replace(queue.prepare("fine"), payload=b"\xc1")
+    await queue.enqueue_many([broken])
+    good = await fine.enqueue()
+    await Worker(queue).run(until_empty=True)
+    unknown_done = await queue.get(unknown.id)
+    assert TaskStatus.DEAD == unknown_done.status
+    assert unknown_done.error is not None
+    assert "no task named 'nobody_registered_this'" in unknown_done.error.message
+    assert TaskStatus.DEAD == (await queue.get(broken.id)).status
+    assert TaskStatus.SUCCEEDED == (await queue.get(good.id)).status
+
+
+async def test_a_task_past_its_timeout_fails(queue: Queue) -> None:
+    @queue.task(timeout=0.05)
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    task = await stuck.enqueue()
+    await Worker(queue).run(until_empty=True)
+    done = await queue.get(task.id)
+    assert TaskStatus.DEAD == done.status
+    assert done.error is not None
+    assert "TimeoutError" == done.error.type
+
+
+async def test_current_task_gives_the_running_task_its_context(queue: Queue) -> None:
+    seen: list[str] = []
+
+    @queue.task
+    async def introspect() -> None:
+        seen.append(current_task().task.id)
+        current_task().progress(0.5, "half way")
+
+    task = await introspect.enqueue()
+    await Worker(queue).run(until_empty=True)
+    assert [task.id] == seen
+    with pytest.raises(RuntimeError, match="only available inside a running task"):
+        current_task()
+
+
+async def test_shutdown_gives_a_running_task_back_without_counting_the_attempt(
+    queue: Queue,
+) -> None:
+    started = asyncio.Event()
+
+    @queue.task
+    async def long_job() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = await long_job.enqueue()
+    worker = Worker(queue, grace=0.01)
+    running = asyncio.ensure_future(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    await asyncio.wait_for(running, 5)
+    back = await queue.get(task.id)
+    assert (TaskStatus.QUEUED, 0) == (back.status, back.attempts)
