@@ -7,6 +7,7 @@ exactly these fields, so the conformance suite can hold them all to one model.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ __all__ = [
     "TaskError",
     "TaskStatus",
     "new_task_id",
+    "tick_task_id",
 ]
 
 
@@ -179,11 +181,21 @@ class _IdSource:
                 # The top bit stays clear: room to count up within the millisecond.
                 random_part = int.from_bytes(os.urandom(10), "big") >> 1
             self._last_ms, self._last_random = ms, random_part
-        value = (ms << _RANDOM_BITS) | random_part
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        return _encode((ms << _RANDOM_BITS) | random_part)
 
 
 _ids = _IdSource()
+
+
+def _encode(value: int) -> str:
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def tick_task_id(name: str, tick: float) -> str:
+    """The id of periodic task ``name``'s run for ``tick`` (seconds): the same in every
+    scheduler, so a tick is stored once however many schedulers enqueue it."""
+    digest = hashlib.blake2b(name.encode(), digest_size=10).digest()
+    return _encode((int(tick * 1000) << _RANDOM_BITS) | int.from_bytes(digest, "big") >> 1)
 
 
 def new_task_id() -> str:

@@ -33,6 +33,7 @@ from buttress.resilience._common import Duration, check_int, resolve_clock
 from buttress.tasks._backend import Backend, NewTask, Page, QueueStats, TaskFilter
 from buttress.tasks._model import Priority, Task, TaskStatus, new_task_id
 from buttress.tasks._payload import PAYLOAD_FORMATS, encode_payload, payload_serializer
+from buttress.tasks._schedule import Schedule
 
 __all__ = ["Queue", "TaskDefinition"]
 
@@ -91,8 +92,10 @@ class TaskDefinition(Generic[P, R]):
         executor: str,
         backoff: Backoff,
         result_ttl: float | None,
+        schedule: Schedule | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
+        self.schedule = schedule
         self.queue = queue
         self.fn = fn
         self.name = name
@@ -220,6 +223,33 @@ class Queue:
             return definition
 
         return register if fn is None else register(fn)
+
+    def periodic(
+        self,
+        *,
+        every: Duration | None = None,
+        cron: str | None = None,
+        name: str | None = None,
+        priority: Priority | str | int = Priority.NORMAL,
+        retries: int = 0,
+        timeout: Duration | None = None,
+        executor: str | None = None,
+    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        """Register a task that workers' schedulers enqueue on a schedule (no arguments).
+
+        >>> @queue.periodic(cron="*/15 * * * *")
+        ... async def refresh_rates() -> None: ...
+        """
+        schedule = Schedule(every=_seconds("every", every), cron=cron)
+
+        def register(fn: Callable[P, R]) -> TaskDefinition[P, R]:
+            definition = self.task(
+                name=name, priority=priority, retries=retries, timeout=timeout, executor=executor
+            )(fn)
+            definition.schedule = schedule
+            return definition
+
+        return register
 
     # --- enqueueing --------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from buttress.tasks._backend import Claim
 from buttress.tasks._model import Progress, Task, TaskError
 from buttress.tasks._payload import decode_payload, payload_serializer
 from buttress.tasks._queue import Queue, TaskDefinition
+from buttress.tasks._schedule import Scheduler
 
 __all__ = ["TaskContext", "Worker", "current_task"]
 
@@ -92,8 +93,10 @@ class Worker:
         grace: Duration = 30.0,
         cancel_grace: Duration = 5.0,
         worker_id: str | None = None,
+        schedule: bool = True,
     ) -> None:
         self.queue = queue
+        self.schedule = schedule
         self.clock = queue.clock
         self.concurrency = check_int("Worker", "concurrency", concurrency, minimum=1)
         self.names = names
@@ -126,12 +129,17 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         installed = self._install_signals(loop)
-        beat = loop.create_task(self._beat())
+        helpers = [loop.create_task(self._beat())]
+        scheduler = Scheduler(self.queue)
+        if self.schedule and scheduler.periodic():
+            await scheduler.run_due()  # ticks due now are there before the first claim
+            helpers.append(loop.create_task(self._schedule(scheduler)))
         try:
             await self._claim_loop(until_empty)
         finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self._shut_down()
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -302,6 +310,15 @@ class Worker:
                 reaped = await self.queue._call(backend.reap, now)
                 if reaped:
                     log.warning("re-queued %d task(s) whose worker stopped renewing", len(reaped))
+
+    async def _schedule(self, scheduler: Scheduler) -> None:
+        """Enqueue periodic ticks as they come due (once each, across all schedulers)."""
+        while True:
+            due = scheduler.next_due()
+            wait = 60.0 if due is None else max(0.0, due - self.queue.now())
+            await self.clock.sleep_async(wait)
+            if await scheduler.run_due() and self._wake is not None:
+                self._wake.set()
 
     async def _honour_cancels(self, ids: list[str], now: float) -> None:
         requested = await self.queue._call(self.queue.backend.cancel_requested, ids)
