@@ -361,7 +361,7 @@ def test_a_late_finisher_cannot_overwrite_the_newer_attempt(backend: SqliteBacke
     assert done is not None
     assert (TaskStatus.SUCCEEDED, b"ok", 13.0, None) == (
         done.status,
-        done.result,
+        done.output,
         done.finished_at,
         done.error,
     )
@@ -443,14 +443,14 @@ def test_a_result_is_kept_for_its_ttl(backend: SqliteBackend) -> None:
         assert backend.succeed("w", claim.task.id, 1, b"r-" + claim.task.id.encode(), now=1.0)
     backend.reap(now=10.9)
     assert [b"r-" + kept.id.encode(), b"r-" + brief.id.encode()] == [
-        t.result for t in (backend.get(kept.id), backend.get(brief.id)) if t is not None
+        t.output for t in (backend.get(kept.id), backend.get(brief.id)) if t is not None
     ]
     backend.reap(now=11.0)
     later = backend.get(brief.id)
     assert later is not None
-    assert later.result is None
+    assert later.output is None
     assert TaskStatus.SUCCEEDED == later.status
-    assert (backend.get(kept.id) or later).result == b"r-" + kept.id.encode()
+    assert (backend.get(kept.id) or later).output == b"r-" + kept.id.encode()
 
 
 def test_release_gives_the_task_back_without_counting_the_attempt(

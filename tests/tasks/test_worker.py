@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from buttress.clock import ManualClock
+from buttress.errors import OperationTimeoutError
 from buttress.tasks import Priority, TaskStatus
+from buttress.tasks._model import TaskFailedError
 from buttress.tasks._queue import Backoff, Queue
 from buttress.tasks._worker import Worker, current_task
 
@@ -41,8 +43,8 @@ async def test_async_and_thread_tasks_run_and_succeed(queue: Queue) -> None:
     await Worker(queue, concurrency=2).run(until_empty=True)
     done_first, done_second = await queue.get(first.id), await queue.get(second.id)
     assert TaskStatus.SUCCEEDED == done_first.status
-    assert 42 == result_of(queue, done_first.result)
-    assert "hello ada?" == result_of(queue, done_second.result)
+    assert 42 == result_of(queue, done_first.output)
+    assert "hello ada?" == result_of(queue, done_second.output)
     assert 1 == done_first.attempts
 
 
@@ -155,3 +157,33 @@ async def test_shutdown_gives_a_running_task_back_without_counting_the_attempt(
     await asyncio.wait_for(running, 5)
     back = await queue.get(task.id)
     assert (TaskStatus.QUEUED, 0) == (back.status, back.attempts)
+
+
+async def test_task_result_waits_for_the_result_or_the_failure(queue: Queue) -> None:
+    @queue.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @queue.task
+    async def broken() -> None:
+        raise ValueError("bad input")
+
+    ok = await add.enqueue(2, 3)
+    bad = await broken.enqueue()
+    worker = asyncio.ensure_future(Worker(queue).run(until_empty=True))
+    clock = queue.clock
+    assert isinstance(clock, ManualClock)
+    waiting = asyncio.ensure_future(ok.result(timeout=60))
+    while not waiting.done():  # result() polls on the queue's clock
+        await clock.advance_async(0.5)
+        await asyncio.sleep(0.01)
+    assert 5 == waiting.result()
+    await worker
+    with pytest.raises(TaskFailedError, match=f"task {bad.id} failed"):
+        await bad.result(timeout=0)
+
+
+async def test_task_result_times_out(queue: Queue) -> None:
+    task = await queue.enqueue("never_runs")
+    with pytest.raises(OperationTimeoutError):
+        await task.result(timeout=0)

@@ -14,11 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from buttress.errors import ButtressError
+
 __all__ = [
     "Priority",
     "Progress",
     "Task",
     "TaskError",
+    "TaskFailedError",
     "TaskStatus",
     "new_task_id",
     "tick_task_id",
@@ -91,6 +94,20 @@ _FINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED}
 _WAITING = frozenset({TaskStatus.QUEUED, TaskStatus.SCHEDULED, TaskStatus.FAILED})
 
 
+class TaskFailedError(ButtressError):
+    """A task ended dead: its last attempt failed with ``error``."""
+
+    code = "task_failed"
+    status = 500
+    default_message = "the task failed"
+
+    def __init__(self, task_id: str, error: TaskError | None) -> None:
+        self.task_id = task_id
+        self.error = error
+        what = f"{error.type}: {error.message}" if error is not None else "unknown error"
+        super().__init__(f"task {task_id} failed", detail=what, task_id=task_id)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskError:
     """Why an attempt failed: the exception's type, its message and the traceback."""
@@ -139,12 +156,25 @@ class Task:
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
-    result: Any = None
+    output: bytes | None = None
+    """The encoded result of a succeeded task (``await task.result()`` decodes it)."""
     error: TaskError | None = None
     enqueued_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
     dedup_key: str | None = None
+    queue: Any = field(default=None, repr=False, compare=False)
+    """The queue this record came from (set by the queue), for :meth:`result`."""
+
+    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - a deadline, passed on
+        """Wait for the task to finish and return its result.
+
+        Raises :class:`TaskFailedError` if it ended dead, ``OperationCancelledError``
+        if it was cancelled, and ``OperationTimeoutError`` after ``timeout`` seconds.
+        """
+        if self.queue is None:
+            raise RuntimeError("this task record is not bound to a queue; use queue.result(id)")
+        return await self.queue.result(self.id, timeout=timeout, owner=self.owner)
 
     @property
     def retries_left(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import functools
 import inspect
 import math
@@ -28,10 +29,10 @@ from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from buttress.clock import Clock, SystemClock
-from buttress.errors import NotFoundError
+from buttress.errors import NotFoundError, OperationCancelledError, OperationTimeoutError
 from buttress.resilience._common import Duration, check_int, resolve_clock
 from buttress.tasks._backend import Backend, NewTask, Page, QueueStats, TaskFilter
-from buttress.tasks._model import Priority, Task, TaskStatus, new_task_id
+from buttress.tasks._model import Priority, Task, TaskFailedError, TaskStatus, new_task_id
 from buttress.tasks._payload import PAYLOAD_FORMATS, encode_payload, payload_serializer
 from buttress.tasks._schedule import Schedule
 
@@ -353,12 +354,13 @@ class Queue:
             timeout=timeout,
         )
         (stored,) = await self._call(self.backend.enqueue, [new], self.now())
-        return stored
+        return self._bind(stored)
 
     async def enqueue_many(self, tasks: Iterable[NewTask]) -> builtins.list[Task]:
         """Store prepared tasks (``queue.prepare(...)``) in one transaction."""
         batch = list(tasks)
-        return await self._call(self.backend.enqueue, batch, self.now())
+        stored = await self._call(self.backend.enqueue, batch, self.now())
+        return [self._bind(task) for task in stored]
 
     # --- reading -------------------------------------------------------------------
 
@@ -367,7 +369,7 @@ class Queue:
         task = await self._call(functools.partial(self.backend.get, task_id, owner=owner))
         if task is None:
             raise NotFoundError("task not found", task_id=task_id)
-        return task
+        return self._bind(task)
 
     async def list(
         self,
@@ -392,6 +394,33 @@ class Queue:
         return await self._call(
             functools.partial(self.backend.list, where, cursor=cursor, limit=min(limit, 1000))
         )
+
+    async def result(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline on the queue's clock
+        owner: str | None = None,
+    ) -> Any:
+        """Wait until task ``task_id`` finishes; its decoded result (see ``Task.result``)."""
+        deadline = None if timeout is None else self.clock.now() + timeout
+        pause = 0.01
+        while True:
+            task = await self.get(task_id, owner=owner)
+            if task.status is TaskStatus.SUCCEEDED:
+                raw = task.output
+                return None if raw is None else self.serializer.loads(raw)
+            if task.status is TaskStatus.DEAD:
+                raise TaskFailedError(task.id, task.error)
+            if task.status is TaskStatus.CANCELLED:
+                raise OperationCancelledError(f"task {task.id} was cancelled")
+            if deadline is not None and self.clock.now() >= deadline:
+                raise OperationTimeoutError(
+                    f"task {task.id} did not finish within {timeout} s", seconds=timeout
+                )
+            wait = pause if deadline is None else min(pause, deadline - self.clock.now())
+            await self.clock.sleep_async(max(wait, 0.0))
+            pause = min(pause * 2, 0.5)  # poll quickly at first, then gently
 
     async def dead_letters(self, *, owner: str | None = None, limit: int = 100) -> Page:
         """The dead-letter queue: tasks that ran out of attempts or could not run."""
@@ -454,6 +483,10 @@ class Queue:
             self._executor.shutdown(wait=True)
             self._executor = None
         self.backend.close()
+
+    def _bind(self, task: Task) -> Task:
+        """The record with this queue attached, so ``await task.result()`` works."""
+        return dataclasses.replace(task, queue=self)
 
     # --- plumbing ---------------------------------------------------------------------
 

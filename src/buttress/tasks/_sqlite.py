@@ -793,7 +793,7 @@ def _task(row: Sequence[Any]) -> Task:
             tags=tuple(json.loads(row[9])),
             metadata=json.loads(row[10]),
             progress=Progress(row[11], row[12]),
-            result=None if row[13] is None else bytes(row[13]),
+            output=None if row[13] is None else bytes(row[13]),
             error=error,
             enqueued_at=row[17],
             started_at=row[18],
