@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,8 @@ from buttress.tasks._worker import Worker
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> Iterator[Queue]:
-    made = Queue.from_url(f"sqlite:///{tmp_path}/queue.db", clock=ManualClock(start=1_000))
+def queue(backend_url: str) -> Iterator[Queue]:
+    made = Queue.from_url(backend_url, clock=ManualClock(start=1_000))
     yield made
     made.close()
 

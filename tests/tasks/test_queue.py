@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,6 @@ from buttress.clock import ManualClock
 from buttress.errors import NotFoundError
 from buttress.tasks import Priority, TaskStatus
 from buttress.tasks._queue import Queue
-
-
-@pytest.fixture
-def queue(tmp_path: Path, clock: ManualClock) -> Iterator[Queue]:
-    made = Queue.from_url(f"sqlite:///{tmp_path}/queue.db", clock=clock)
-    yield made
-    made.close()
 
 
 def test_registration_keeps_the_defaults_and_refuses_a_second_task_of_the_same_name(

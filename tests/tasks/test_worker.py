@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,13 +13,6 @@ from buttress.tasks import Priority, TaskStatus
 from buttress.tasks._model import TaskFailedError
 from buttress.tasks._queue import Backoff, Queue
 from buttress.tasks._worker import Worker, current_task
-
-
-@pytest.fixture
-def queue(tmp_path: Path, clock: ManualClock) -> Iterator[Queue]:
-    made = Queue.from_url(f"sqlite:///{tmp_path}/queue.db", clock=clock)
-    yield made
-    made.close()
 
 
 def result_of(queue: Queue, raw: object) -> object:
