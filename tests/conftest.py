@@ -26,6 +26,7 @@ import pytest
 
 from buttress.clock import ManualClock
 from buttress.resilience import set_testing
+from buttress.tasks import Queue
 from servers import MemcachedServer, RedisServer, ServerError, ServerProcess, reap_orphans
 
 S = TypeVar("S", bound=ServerProcess)
@@ -127,3 +128,27 @@ def fresh_redis(redis_server_factory: Callable[[], RedisServer]) -> RedisServer:
 def fresh_memcached(memcached_server_factory: Callable[[], MemcachedServer]) -> MemcachedServer:
     """A memcached server of this test's own, to kill, pause and restart."""
     return memcached_server_factory()
+
+
+# --- the task queue's backend conformance suite -----------------------------------
+# tests/tasks/test_queue.py, test_worker.py and test_periodic.py drive the queue only
+# through its public API, against every backend in TASK_BACKENDS: the Redis and
+# PostgreSQL backends join this list (their servers started by the fixtures above)
+# and must pass the same tests. test_sqlite_backend.py tests SQLite's own contract.
+
+TASK_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=TASK_BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A queue URL of a fresh, empty queue on each backend in turn."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/queue.db"
+    raise AssertionError(f"no fixture for backend {request.param!r}")
+
+
+@pytest.fixture
+def queue(backend_url: str, clock: ManualClock) -> Iterator[Queue]:
+    made = Queue.from_url(backend_url, clock=clock)
+    yield made
+    made.close()

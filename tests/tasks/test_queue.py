@@ -155,3 +155,30 @@ def test_an_unknown_url_or_payload_format_is_refused(tmp_path: Path) -> None:
         Queue.from_url("mysql://x")
     with pytest.raises(ValueError, match="pickle is never used"):
         Queue.from_url(f"sqlite:///{tmp_path}/q.db", payload="pickle")
+
+
+async def test_an_owner_never_sees_counts_or_changes_another_owners_tasks(queue: Queue) -> None:
+    alice = await queue.enqueue("work", owner="alice")
+    await queue.enqueue("work", owner="bob")
+    with pytest.raises(NotFoundError):
+        await queue.get(alice.id, owner="bob")
+    assert ["bob"] == [task.owner for task in (await queue.list(owner="bob")).tasks]
+    assert 1 == sum((await queue.stats(owner="bob")).by_status.values())
+    with pytest.raises(NotFoundError):
+        await queue.cancel(alice.id, owner="bob")
+    assert [] == await queue.cancel_many([alice.id], owner="bob")
+    assert 0 == await queue.delete_many([alice.id], owner="bob")
+    assert TaskStatus.QUEUED == (await queue.get(alice.id)).status
+
+
+async def test_bulk_actions_by_ids_or_filter(queue: Queue) -> None:
+    tagged = [(await queue.enqueue("work", tags=["batch-7"])).id for _ in range(3)]
+    other = await queue.enqueue("work")
+    cancelled = await queue.cancel_many(tag="batch-7")
+    assert sorted(tagged) == sorted(task.id for task in cancelled)
+    assert TaskStatus.QUEUED == (await queue.get(other.id)).status
+    assert 3 == len(await queue.retry_many(tagged))
+    assert 3 == len(await queue.cancel_many(tagged))
+    assert 3 == await queue.delete_many(status="cancelled")
+    with pytest.raises(ValueError, match="refusing to act on all"):
+        await queue.cancel_many()

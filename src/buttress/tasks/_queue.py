@@ -447,6 +447,45 @@ class Queue:
         )
         return changed[0] if changed else await self.get(task_id, owner=owner)
 
+    async def cancel_many(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        owner: str | None = None,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+    ) -> builtins.list[Task]:
+        """Cancel these tasks, or every task matching the filter; the ones affected."""
+        where = _filter(ids, owner=owner, status=status, name=name, tag=tag)
+        return [self._bind(t) for t in await self._call(self.backend.cancel, where, self.now())]
+
+    async def retry_many(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        owner: str | None = None,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+    ) -> builtins.list[Task]:
+        """Queue failed, dead or cancelled tasks again (these, or all matching)."""
+        where = _filter(ids, owner=owner, status=status, name=name, tag=tag)
+        return [self._bind(t) for t in await self._call(self.backend.retry, where, self.now())]
+
+    async def delete_many(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        owner: str | None = None,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+    ) -> int:
+        """Delete these tasks, or all matching (never a running one); the count."""
+        where = _filter(ids, owner=owner, status=status, name=name, tag=tag)
+        return await self._call(self.backend.delete, where)
+
     async def reprocess(
         self, ids: Iterable[str] | None = None, *, name: str | None = None, owner: str | None = None
     ) -> builtins.list[Task]:
@@ -495,6 +534,27 @@ class Queue:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(4, thread_name_prefix="buttress-queue")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _filter(
+    ids: Iterable[str] | None,
+    *,
+    owner: str | None,
+    status: TaskStatus | str | Iterable[TaskStatus | str] | None,
+    name: str | None,
+    tag: str | None,
+) -> TaskFilter:
+    if isinstance(ids, str):
+        raise TypeError(f"ids must be a list of task ids, not one string: {ids!r}")
+    if ids is None and owner is None and status is None and name is None and tag is None:
+        raise ValueError("give ids or a filter (owner, status, name, tag): refusing to act on all")
+    return TaskFilter(
+        ids=None if ids is None else tuple(ids),
+        owner=owner,
+        statuses=_statuses(status),
+        names=None if name is None else (name,),
+        tag=tag,
+    )
 
 
 def _statuses(
