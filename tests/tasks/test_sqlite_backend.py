@@ -591,7 +591,7 @@ def test_cancel_ends_a_waiting_task_and_flags_a_running_one(backend: SqliteBacke
     assert {running.id, waiting.id} == set(by_id)
     assert (TaskStatus.CANCELLED, 1.0) == (by_id[waiting.id].status, by_id[waiting.id].finished_at)
     assert (TaskStatus.RUNNING, None) == (by_id[running.id].status, by_id[running.id].finished_at)
-    assert {running.id} == backend.cancel_requested([running.id, waiting.id, finished.id])
+    assert {running.id: False} == backend.cancel_requests([running.id, waiting.id, finished.id])
     assert [by_id[waiting.id]] == [backend.get(waiting.id)]
     assert TaskStatus.SUCCEEDED == (backend.get(finished.id) or waiting).status
     # The running task may still finish: cancelling is a request.

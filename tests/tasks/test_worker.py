@@ -178,3 +178,54 @@ async def test_task_result_times_out(queue: Queue) -> None:
     task = await queue.enqueue("never_runs")
     with pytest.raises(OperationTimeoutError):
         await task.result(timeout=0)
+
+
+async def test_force_cancel_stops_a_running_task_at_once(queue: Queue, clock: ManualClock) -> None:
+    started = asyncio.Event()
+
+    @queue.task
+    async def endless() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = await endless.enqueue()
+    worker = Worker(queue)
+    running = asyncio.ensure_future(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    assert TaskStatus.RUNNING == (await queue.cancel(task.id, force=True)).status
+    for _ in range(200):  # the worker's next beat (on the manual clock) sees the request
+        await clock.advance_async(worker.heartbeat)
+        if (await queue.get(task.id)).status is TaskStatus.CANCELLED:
+            break
+        await asyncio.sleep(0.01)
+    assert TaskStatus.CANCELLED == (await queue.get(task.id)).status
+    worker.stop()
+    await asyncio.wait_for(running, 5)
+
+
+async def test_a_graceful_cancel_is_seen_by_the_task(queue: Queue, clock: ManualClock) -> None:
+    started = asyncio.Event()
+
+    @queue.task
+    async def polite() -> str:
+        started.set()
+        for _ in range(10_000):  # works in small steps, checking for a cancel request
+            if current_task().cancelled:
+                return "stopped cleanly"
+            await asyncio.sleep(0.005)
+        return "finished"
+
+    task = await polite.enqueue()
+    worker = Worker(queue)
+    running = asyncio.ensure_future(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    await queue.cancel(task.id)
+    for _ in range(200):
+        await clock.advance_async(worker.heartbeat)
+        if (await queue.get(task.id)).status.is_final:
+            break
+        await asyncio.sleep(0.01)
+    # It stopped by itself within the grace period; a cancel request makes it cancelled.
+    assert TaskStatus.CANCELLED == (await queue.get(task.id)).status
+    worker.stop()
+    await asyncio.wait_for(running, 5)

@@ -145,12 +145,13 @@ class Backend(Protocol):
         """Re-queue running tasks whose lease expired (dead if out of attempts)."""
         ...
 
-    def cancel(self, where: TaskFilter, now: float) -> builtins.list[Task]:
-        """Cancel waiting tasks at once; flag running ones (``cancel_requested``)."""
+    def cancel(self, where: TaskFilter, now: float, *, force: bool = False) -> builtins.list[Task]:
+        """Cancel waiting tasks at once; ask running ones to stop (``force``: at once,
+        without the grace period). Returns the tasks touched, as they now are."""
         ...
 
-    def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
-        """Which of these running tasks someone asked to cancel."""
+    def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, bool]:
+        """Which of these running tasks someone asked to cancel: id -> forced."""
         ...
 
     def retry(self, where: TaskFilter, now: float) -> builtins.list[Task]:

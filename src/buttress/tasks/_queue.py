@@ -431,10 +431,18 @@ class Queue:
 
     # --- changing -------------------------------------------------------------------
 
-    async def cancel(self, task_id: str, *, owner: str | None = None) -> Task:
-        """Cancel a waiting task at once, or ask a running one to stop."""
+    async def cancel(self, task_id: str, *, owner: str | None = None, force: bool = False) -> Task:
+        """Cancel a waiting task at once, or ask a running one to stop: it sees
+        ``current_task().cancelled``, then asyncio cancellation after the worker's
+        ``cancel_grace``; ``force=True`` cancels it at once (a thread task is
+        abandoned and marked cancelled)."""
         changed = await self._call(
-            self.backend.cancel, TaskFilter(ids=(task_id,), owner=owner), self.now()
+            functools.partial(
+                self.backend.cancel,
+                TaskFilter(ids=(task_id,), owner=owner),
+                self.now(),
+                force=force,
+            )
         )
         if changed:
             return changed[0]

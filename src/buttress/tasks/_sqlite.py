@@ -442,7 +442,9 @@ class SqliteBackend:
             result = bytes(result)
         with self._transaction() as conn:
             cur = conn.execute(
-                "UPDATE tasks SET status = 'succeeded', finished_at = ?, result = ?, "
+                # A task that returns after a cancel request stopped at it: cancelled.
+                "UPDATE tasks SET status = CASE WHEN cancel_requested THEN 'cancelled' "
+                "ELSE 'succeeded' END, finished_at = ?, result = ?, "
                 "result_expires_at = CASE WHEN ? IS NULL OR result_ttl IS NULL THEN NULL "
                 "  ELSE ? + result_ttl END, "
                 "error_type = NULL, error_message = NULL, error_traceback = NULL, "
@@ -472,7 +474,7 @@ class SqliteBackend:
         if not isinstance(error, TaskError):
             raise TypeError(f"error must be a TaskError, got {error!r}")
         if retry_at is None:
-            status_sql, eta = "'dead'", None
+            status_sql, eta = "CASE WHEN cancel_requested THEN 'cancelled' ELSE 'dead' END", None
         else:
             status_sql, eta = (
                 "CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END",
@@ -547,9 +549,10 @@ class SqliteBackend:
             )
         return sorted(row[0] for row in rows)
 
-    def cancel(self, where: TaskFilter, now: float) -> builtins.list[Task]:
+    def cancel(self, where: TaskFilter, now: float, *, force: bool = False) -> builtins.list[Task]:
         """Waiting tasks become ``cancelled`` now; running ones get ``cancel_requested``
-        (the worker stops them). Returns the tasks touched, as they now are."""
+        (1: stop gracefully, 2: stop at once; the worker stops them). Returns the
+        tasks touched, as they now are."""
         now = _time("now", now)
         sql, params = _where(where)
         with self._transaction() as conn:
@@ -559,24 +562,25 @@ class SqliteBackend:
                 [now, *params],
             ).fetchall()
             rows += conn.execute(
-                "UPDATE tasks SET cancel_requested = 1 "
+                "UPDATE tasks SET cancel_requested = max(cancel_requested, ?) "
                 f"WHERE status = 'running' AND {sql} RETURNING {_TASK_COLUMNS}",
-                params,
+                [2 if force else 1, *params],
             ).fetchall()
         return sorted((_task(row) for row in rows), key=lambda t: t.id)
 
-    def cancel_requested(self, task_ids: Sequence[str]) -> set[str]:
-        """Which of these running tasks someone asked to cancel."""
+    def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, bool]:
+        """Which of these running tasks someone asked to cancel: id -> forced."""
         ids = _texts("task_ids", task_ids)
         if not ids:
-            return set()
+            return {}
         with self._session() as conn:
             rows = conn.execute(
-                "SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) "
-                "AND status = 'running' AND cancel_requested = 1",
+                "SELECT id, cancel_requested FROM tasks "
+                "WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND status = 'running' AND cancel_requested > 0",
                 (json.dumps(ids),),
             ).fetchall()
-        return {row[0] for row in rows}
+        return {row[0]: row[1] == 2 for row in rows}
 
     def retry(self, where: TaskFilter, now: float) -> builtins.list[Task]:
         """Failed, dead or cancelled tasks go back to ``queued`` (eta ``now``) with their

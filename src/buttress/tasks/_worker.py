@@ -213,6 +213,9 @@ class Worker:
         except asyncio.CancelledError:
             if self._stopping.is_set() and task.id not in self._cancelled_ids():
                 raise  # shutdown: the task goes back to the queue
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # this cancellation is handled: record it
             await self._fail(claim, TaskError("Cancelled", "the task was cancelled"), retry=False)
             return
         except Exception as exc:
@@ -321,12 +324,17 @@ class Worker:
                 self._wake.set()
 
     async def _honour_cancels(self, ids: list[str], now: float) -> None:
-        requested = await self.queue._call(self.queue.backend.cancel_requested, ids)
-        for task_id in requested:
+        requested = await self.queue._call(self.queue.backend.cancel_requests, ids)
+        for task_id, forced in requested.items():
             running = self._running.get(task_id)
             if running is None:
                 continue
-            if not running.context.cancelled:
+            if forced:
+                # Stop now: a coroutine is cancelled; a thread can't be, so the
+                # worker stops waiting for it (abandoned) and records the cancel.
+                running.context.cancelled = True
+                running.job.cancel()
+            elif not running.context.cancelled:
                 running.context.cancelled = True
                 running.cancel_at = now + self.cancel_grace
             elif running.cancel_at is not None and now >= running.cancel_at:
