@@ -182,3 +182,25 @@ async def test_bulk_actions_by_ids_or_filter(queue: Queue) -> None:
     assert 3 == await queue.delete_many(status="cancelled")
     with pytest.raises(ValueError, match="refusing to act on all"):
         await queue.cancel_many()
+
+
+async def test_aging_moves_a_waiting_task_up_one_level_per_period(
+    backend_url: str, clock: ManualClock
+) -> None:
+    queue = Queue.from_url(backend_url, clock=clock, aging=60)
+    try:
+        bulk = await queue.enqueue("work", priority="bulk")
+        clock.advance(59)
+        assert 0 == queue.backend.age(queue.now(), 60)
+        clock.advance(1)
+        assert 1 == queue.backend.age(queue.now(), 60)
+        assert Priority.LOW == (await queue.get(bulk.id)).priority
+        clock.advance(60 * 10)
+        for _ in range(10):
+            queue.backend.age(queue.now(), 60)
+            clock.advance(60)
+        assert Priority.CRITICAL == (await queue.get(bulk.id)).priority  # and no further
+    finally:
+        queue.close()
+    with pytest.raises(ValueError, match="aging must be > 0"):
+        Queue.from_url(backend_url, aging=0)

@@ -141,6 +141,10 @@ class Backend(Protocol):
         with eta=now, and the attempt they were claimed for is not counted."""
         ...
 
+    def age(self, now: float, every: float) -> int:
+        """Move tasks that waited ``every`` seconds one priority level up (aging)."""
+        ...
+
     def reap(self, now: float) -> builtins.list[str]:
         """Re-queue running tasks whose lease expired (dead if out of attempts)."""
         ...

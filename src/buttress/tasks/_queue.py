@@ -127,6 +127,7 @@ class Queue:
         *,
         payload: str = "msgpack",
         lease: Duration = 30.0,
+        aging: Duration | None = None,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
@@ -137,6 +138,11 @@ class Queue:
         self.payload = payload
         self.serializer = payload_serializer(payload)
         self.lease = _seconds("lease", lease, allow_none=False) or 30.0
+        # Strict priority can starve BULK work under steady higher-priority load:
+        # with aging, a task moves up one level for every `aging` seconds it waits.
+        self.aging = _seconds("aging", aging)
+        if self.aging == 0:
+            raise ValueError("aging must be > 0 seconds (or None for strict priority)")
         self.clock = resolve_clock("Queue", clock)
         # Times go into a file that outlives processes and reboots: with the
         # system clock that means wall time, not the monotonic clock (which

@@ -83,7 +83,8 @@ CREATE TABLE tasks (
     dedup_key         TEXT,
     lease_worker      TEXT,
     lease_until       REAL,
-    cancel_requested  INTEGER NOT NULL DEFAULT 0
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    aged_at           REAL
 );
 -- claim: the next runnable task in (priority, eta, id) order, straight off the index.
 CREATE INDEX tasks_runnable ON tasks (priority, eta, id) WHERE {_WAITING_SQL};
@@ -523,6 +524,21 @@ class SqliteBackend:
                 (now, now, worker, json.dumps(ids)),
             ).fetchall()
         return sorted(row[0] for row in rows)
+
+    def age(self, now: float, every: float) -> int:
+        """Move each task that has waited ``every`` seconds (since it was enqueued or
+        last moved) one priority level up, so low priorities can't starve; the count."""
+        now = _time("now", now)
+        every = _time("every", every)
+        if every <= 0:
+            raise ValueError(f"every must be > 0 seconds, got {every!r}")
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE tasks SET priority = priority - 1, aged_at = ? "
+                f"WHERE {_WAITING_SQL} AND priority > 0 AND ifnull(aged_at, enqueued_at) <= ?",
+                (now, now - every),
+            )
+            return cur.rowcount
 
     def reap(self, now: float) -> builtins.list[str]:
         """Running tasks whose lease ran out before ``now`` go back to the queue

@@ -307,6 +307,8 @@ class Worker:
                 for task_id, progress in list(self._progress.items()):
                     await self.queue._call(backend.progress, self.id, task_id, progress)
                 await self._honour_cancels(ids, now)
+            if self.queue.aging is not None:
+                await self.queue._call(backend.age, now, self.queue.aging)
             since_reap += self.heartbeat
             if since_reap >= self.lease:
                 since_reap = 0.0
