@@ -124,6 +124,13 @@ class Backend(Protocol):
         """Mark succeeded if ``worker`` still holds the lease of ``attempt``; False if not."""
         ...
 
+    def succeed_many(
+        self, worker: str, finished: Sequence[tuple[str, int, bytes | None]], now: float
+    ) -> set[str]:
+        """``succeed`` for ``(task_id, attempt, result)`` items in one transaction; the
+        ids whose lease was still held."""
+        ...
+
     def fail(  # noqa: PLR0917 - the lease check needs all of these
         self,
         worker: str,

@@ -433,27 +433,43 @@ class SqliteBackend:
     ) -> bool:
         """Mark the task succeeded with ``result`` if ``worker`` still holds the lease of
         ``attempt``; False (and nothing changes) if the lease was lost."""
+        return task_id in self.succeed_many(worker, [(task_id, attempt, result)], now)
+
+    def succeed_many(
+        self,
+        worker: str,
+        finished: Sequence[tuple[str, int, bytes | None]],
+        now: float,
+    ) -> set[str]:
+        """``succeed`` for several tasks in one transaction (one fsync for all: the
+        worker's group commit); the ids whose lease was still held."""
         worker = _text("worker", worker)
-        task_id = _text("task_id", task_id)
-        attempt = _count("attempt", attempt, minimum=1)
         now = _time("now", now)
-        if result is not None:
-            if not isinstance(result, bytes | bytearray | memoryview):
+        rows = []
+        for task_id, attempt, result in finished:
+            if result is not None and not isinstance(result, bytes | bytearray | memoryview):
                 raise TypeError(f"result must be bytes or None, got {type(result).__name__}")
-            result = bytes(result)
+            stored = None if result is None else bytes(result)
+            rows.append((_text("task_id", task_id), _count("attempt", attempt, minimum=1), stored))
+        done: set[str] = set()
+        if not rows:
+            return done
         with self._transaction() as conn:
-            cur = conn.execute(
-                # A task that returns after a cancel request stopped at it: cancelled.
-                "UPDATE tasks SET status = CASE WHEN cancel_requested THEN 'cancelled' "
-                "ELSE 'succeeded' END, finished_at = ?, result = ?, "
-                "result_expires_at = CASE WHEN ? IS NULL OR result_ttl IS NULL THEN NULL "
-                "  ELSE ? + result_ttl END, "
-                "error_type = NULL, error_message = NULL, error_traceback = NULL, "
-                "lease_worker = NULL, lease_until = NULL "
-                "WHERE id = ? AND status = 'running' AND lease_worker = ? AND attempts = ?",
-                (now, result, result, now, task_id, worker, attempt),
-            )
-        return cur.rowcount == 1
+            for task_id, attempt, result in rows:
+                cur = conn.execute(
+                    # A task that returns after a cancel request stopped at it: cancelled.
+                    "UPDATE tasks SET status = CASE WHEN cancel_requested THEN 'cancelled' "
+                    "ELSE 'succeeded' END, finished_at = ?, result = ?, "
+                    "result_expires_at = CASE WHEN ? IS NULL OR result_ttl IS NULL THEN NULL "
+                    "  ELSE ? + result_ttl END, "
+                    "error_type = NULL, error_message = NULL, error_traceback = NULL, "
+                    "lease_worker = NULL, lease_until = NULL "
+                    "WHERE id = ? AND status = 'running' AND lease_worker = ? AND attempts = ?",
+                    (now, result, result, now, task_id, worker, attempt),
+                )
+                if cur.rowcount == 1:
+                    done.add(task_id)
+        return done
 
     def fail(  # noqa: PLR0917 - the Backend protocol's signature
         self,

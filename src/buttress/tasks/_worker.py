@@ -88,7 +88,7 @@ class Worker:
         *,
         concurrency: int = 10,
         names: list[str] | None = None,
-        poll_interval: Duration = 0.5,
+        poll_interval: Duration = 0.1,
         heartbeat: Duration | None = None,
         grace: Duration = 30.0,
         cancel_grace: Duration = 5.0,
@@ -112,6 +112,8 @@ class Worker:
         self._progress: dict[str, Progress] = {}
         self._stopping = asyncio.Event()
         self._wake: asyncio.Event | None = None
+        self._finishing: list[tuple[str, int, bytes | None, asyncio.Future[bool]]] = []
+        self._committer: asyncio.Task[None] | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPoolExecutor | None = None
         self.processed = 0
@@ -224,13 +226,35 @@ class Worker:
             return
         self.processed += 1
         encoded = self.queue.serializer.dumps(result) if result is not None else None
-        done = await self.queue._call(
-            lambda: self.queue.backend.succeed(
-                self.id, task.id, task.attempts, encoded, self.queue.now()
-            )
-        )
+        done = await self._commit_success(task, encoded)
         if not done:
             log.warning("task %s finished after its lease was lost; the result is dropped", task.id)
+
+    async def _commit_success(self, task: Task, encoded: bytes | None) -> bool:
+        """Record a success; successes that finish while a commit is under way are
+        written together by the next one (group commit: one fsync for many)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishing.append((task.id, task.attempts, encoded, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        return await asyncio.shield(future)
+
+    async def _commit_loop(self) -> None:
+        while self._finishing:
+            batch, self._finishing = self._finishing, []
+            items = [(task_id, attempt, encoded) for task_id, attempt, encoded, _ in batch]
+            try:
+                done = await self.queue._call(
+                    self.queue.backend.succeed_many, self.id, items, self.queue.now()
+                )
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for task_id, _, _, future in batch:
+                if not future.done():
+                    future.set_result(task_id in done)
 
     def _cancelled_ids(self) -> set[str]:
         return {tid for tid, run in self._running.items() if run.context.cancelled}
