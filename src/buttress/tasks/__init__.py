@@ -7,8 +7,8 @@
 >>> await send_email.enqueue("a@example.com")
 >>> await Worker(queue, concurrency=10).run(until_empty=True)
 
-Being built (issue 4): the model, the queue front, the SQLite backend and the
-worker are here; periodic tasks, the CLI and the crash tests are still to come.
+``buttress worker --app myapp.tasks:queue`` runs a worker process. See
+``docs/tasks.md`` for the guarantees (leases, at-least-once) and the options.
 """
 
 from buttress.tasks._backend import Backend, Claim, NewTask, Page, QueueStats, TaskFilter

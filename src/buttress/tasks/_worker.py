@@ -128,7 +128,6 @@ class Worker:
     async def run(self, *, until_empty: bool = False) -> None:
         """Claim and run tasks until stopped (SIGTERM/SIGINT), or until none is left."""
         loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         installed = self._install_signals(loop)
         helpers = [loop.create_task(self._beat())]
@@ -318,27 +317,37 @@ class Worker:
 
     async def _beat(self) -> None:
         """Renew leases, write progress, honour cancel requests, reap lapsed leases."""
-        backend = self.queue.backend
         since_reap = 0.0
         while True:
             await self.clock.sleep_async(self.heartbeat)
-            ids = list(self._running)
-            now = self.queue.now()
-            if ids:
-                held = await self.queue._call(backend.heartbeat, self.id, ids, now + self.lease)
-                for task_id in set(ids) - held:
-                    log.warning("task %s: lease lost (another worker may run it)", task_id)
-                for task_id, progress in list(self._progress.items()):
-                    await self.queue._call(backend.progress, self.id, task_id, progress)
-                await self._honour_cancels(ids, now)
-            if self.queue.aging is not None:
-                await self.queue._call(backend.age, now, self.queue.aging)
-            since_reap += self.heartbeat
-            if since_reap >= self.lease:
-                since_reap = 0.0
-                reaped = await self.queue._call(backend.reap, now)
-                if reaped:
-                    log.warning("re-queued %d task(s) whose worker stopped renewing", len(reaped))
+            try:
+                since_reap = await self._beat_once(since_reap)
+            except Exception:
+                # A busy or failing store must not stop the heartbeat for good: the
+                # leases would lapse while this worker keeps running their tasks.
+                log.exception("worker %s: heartbeat failed; retrying at the next beat", self.id)
+
+    async def _beat_once(self, since_reap: float) -> float:
+        """One beat; returns the time since the last reaping."""
+        backend = self.queue.backend
+        ids = list(self._running)
+        now = self.queue.now()
+        if ids:
+            held = await self.queue._call(backend.heartbeat, self.id, ids, now + self.lease)
+            for task_id in set(ids) - held:
+                log.warning("task %s: lease lost (another worker may run it)", task_id)
+            for task_id, progress in list(self._progress.items()):
+                await self.queue._call(backend.progress, self.id, task_id, progress)
+            await self._honour_cancels(ids, now)
+        if self.queue.aging is not None:
+            await self.queue._call(backend.age, now, self.queue.aging)
+        since_reap += self.heartbeat
+        if since_reap >= self.lease:
+            since_reap = 0.0
+            reaped = await self.queue._call(backend.reap, now)
+            if reaped:
+                log.warning("re-queued %d task(s) whose worker stopped renewing", len(reaped))
+        return since_reap
 
     async def _schedule(self, scheduler: Scheduler) -> None:
         """Enqueue periodic ticks as they come due (once each, across all schedulers)."""
@@ -376,6 +385,10 @@ class Worker:
                 for job in pending:
                     job.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                if self._committer is not None:
+                    # Successes already being written must land before the rest is
+                    # given back, or a finished task would be queued to run again.
+                    await asyncio.gather(self._committer, return_exceptions=True)
                 left = [run.claim.task.id for run in running if run.job in pending]
                 await self.queue._call(self.queue.backend.release, self.id, left, self.queue.now())
                 log.warning("shutdown: %d running task(s) given back to the queue", len(left))
