@@ -54,6 +54,7 @@ BULK_BATCH = 1000
 LATENCY_RATE = 200.0  # tasks per second from the producer
 HUEY_WORKERS = (1, 4)  # huey consumer worker threads tried for the drain
 BUTTRESS_CONCURRENCY = 10  # the Worker default
+BUTTRESS_POLL = 0.1  # the Worker default poll_interval
 TARGET_DRAIN = 1.5
 
 
@@ -451,7 +452,7 @@ def drain_once(case: DrainCase, path: Path, count: int) -> dict[str, float]:
         path,
         mode="drain",
         concurrency=case.concurrency,
-        poll=0.5 if case.system == "buttress" else 0.1,
+        poll=BUTTRESS_POLL if case.system == "buttress" else 0.1,
         expect=count,
         sync_normal=case.sync_normal,
         serialize=case.serialize,
@@ -693,7 +694,9 @@ def measure_latency(plan: Plan, tmp: Path) -> tuple[Report, dict[str, tuple[floa
     groups = [
         (
             "defaults",
-            LatencyCase("buttress, default poll_interval=0.5 s", "buttress", 0.5),
+            LatencyCase(
+                f"buttress, default poll_interval={BUTTRESS_POLL:g} s", "buttress", BUTTRESS_POLL
+            ),
             LatencyCase(
                 "huey, default idle delay 0.1 s (x1.15 per empty poll, max 10 s)", "huey", 0.1
             ),
@@ -791,7 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", help=hidden)
     parser.add_argument("--mode", choices=["drain", "latency"], help=hidden)
     parser.add_argument("--concurrency", type=int, default=1, help=hidden)
-    parser.add_argument("--poll", type=float, default=0.5, help=hidden)
+    parser.add_argument("--poll", type=float, default=BUTTRESS_POLL, help=hidden)
     parser.add_argument("--backoff", type=float, default=1.15, help=hidden)
     parser.add_argument("--max-delay", type=float, default=10.0, help=hidden)
     parser.add_argument("--expect", type=int, default=0, help=hidden)
