@@ -44,6 +44,7 @@ bench: $(STAMP) servers
 	$(BIN)/python benchmarks/resilience.py
 	$(BIN)/python benchmarks/cache_memory.py
 	$(BIN)/python benchmarks/cache_redis.py
+	$(BIN)/python benchmarks/tasks.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
