@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +230,36 @@ async def test_a_graceful_cancel_is_seen_by_the_task(queue: Queue, clock: Manual
     assert TaskStatus.CANCELLED == (await queue.get(task.id)).status
     worker.stop()
     await asyncio.wait_for(running, 5)
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_process_tasks_run_in_a_process_that_a_timeout_terminates(
+    queue: Queue, tmp_path: Path
+) -> None:
+    import process_tasks
+
+    square = queue.task(executor="process")(process_tasks.square)
+    refuse = queue.task(executor="process")(process_tasks.refuse)
+    hang = queue.task(executor="process", timeout=1.0)(process_tasks.record_pid_then_hang)
+    pid_file = tmp_path / "pid"
+    done = await square.enqueue(7)
+    failed = await refuse.enqueue("not allowed")
+    stuck = await hang.enqueue(str(pid_file))
+    await Worker(queue, concurrency=3).run(until_empty=True)
+    assert 49 == await (await queue.get(done.id)).result(timeout=0)
+    error = (await queue.get(failed.id)).error
+    assert error is not None
+    assert ("PermissionError", "not allowed") == (error.type, error.message)
+    timed_out = await queue.get(stuck.id)
+    assert timed_out.error is not None
+    assert "TimeoutError" == timed_out.error.type
+    assert _gone(int(pid_file.read_text()))  # the work itself was stopped

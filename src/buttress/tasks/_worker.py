@@ -17,12 +17,13 @@ import contextlib
 import contextvars
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,6 @@ class Worker:
         self._finishing: list[tuple[str, int, bytes | None, asyncio.Future[bool]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self._processes: ProcessPoolExecutor | None = None
         self.processed = 0
         self.failed = 0
 
@@ -281,10 +281,7 @@ class Worker:
             # records the failure; the thread finishes on its own.
             call = functools.partial(run, definition.fn, *args, **kwargs)
             return await asyncio.wait_for(loop.run_in_executor(self._threads, call), timeout)
-        if self._processes is None:
-            self._processes = ProcessPoolExecutor(self.concurrency)
-        future = loop.run_in_executor(self._processes, _call, definition.fn, args, kwargs)
-        return await asyncio.wait_for(future, timeout)
+        return await _in_process(definition.fn, args, kwargs, timeout)
 
     async def _fail(
         self,
@@ -395,16 +392,70 @@ class Worker:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
-        if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
-            self._processes = None
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return fn(*args, **kwargs)
+async def _in_process(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limit: float | None,
+) -> Any:
+    """Run ``fn`` in a process of its own, which a timeout or a forced cancel terminates.
+
+    One process per task (from a fork server: no copy of this process's threads
+    or connections) rather than a pool: a pool can't stop one of its tasks.
+    ``fn`` must be importable by its module and name, as with any process pool.
+    """
+    context = multiprocessing.get_context("forkserver")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_child, args=(sender, fn, args, kwargs), name="buttress-task", daemon=True
+    )
+    process.start()
+    sender.close()
+    try:
+        async with asyncio.timeout(limit):
+            while not await asyncio.to_thread(receiver.poll, 0.05):
+                if not process.is_alive() and not receiver.poll():
+                    raise RuntimeError(f"the task's process died (exit code {process.exitcode})")
+        outcome = receiver.recv()
+    except BaseException:
+        process.terminate()  # timed out or cancelled: stop the work itself
+        raise
+    finally:
+        await asyncio.to_thread(process.join, 5)
+        receiver.close()
+    if outcome[0] == "ok":
+        return outcome[1]
+    _, type_name, message, trace = outcome
+    raise ProcessTaskError(type_name, message, trace)
+
+
+class ProcessTaskError(Exception):
+    """An exception raised by a task in its process, carried back as text."""
+
+    def __init__(self, type_name: str, message: str, trace: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.trace = trace
+
+
+def _child(
+    sender: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        sender.send(("error", type(exc).__qualname__, str(exc), traceback.format_exc()))
+    else:
+        sender.send(("ok", result))
+    finally:
+        sender.close()
 
 
 def _error_of(exc: BaseException, message: str | None = None) -> TaskError:
+    if isinstance(exc, ProcessTaskError):
+        return TaskError(exc.type_name, message or str(exc), exc.trace)
     if isinstance(exc, TimeoutError) and not str(exc):
         text = "the task ran past its timeout"
     else:
