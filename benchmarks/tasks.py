@@ -198,7 +198,7 @@ def _buttress_worker(args: argparse.Namespace, db: Path) -> int:
     seconds = time.perf_counter() - start
     queue.close()
     if args.mode == "drain":
-        _say({"seconds": seconds, "done": worker.processed, **stats})
+        _say({"seconds": seconds, "done": worker.events["succeeded"], **stats})
     return 0
 
 

@@ -176,7 +176,8 @@ def _run_worker(
         logger.removeHandler(handler)
     typer.echo(
         f"buttress worker {runner.id}: stopped "
-        f"({runner.processed} succeeded, {runner.failed} failed)",
+        f"({runner.events['succeeded']} succeeded, "
+        f"{runner.events['retried'] + runner.events['dead']} failed)",
         err=True,
     )
 

@@ -263,3 +263,35 @@ async def test_process_tasks_run_in_a_process_that_a_timeout_terminates(
     assert timed_out.error is not None
     assert "TimeoutError" == timed_out.error.type
     assert _gone(int(pid_file.read_text()))  # the work itself was stopped
+
+
+async def test_the_worker_counts_events_and_logs_them_as_structured_records(
+    queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    @queue.task
+    async def ok() -> None:
+        return None
+
+    @queue.task
+    async def boom() -> None:
+        raise KeyError("missing")
+
+    await ok.enqueue()
+    await ok.enqueue()
+    failed = await queue.enqueue(boom, owner="u1")
+    worker = Worker(queue)
+    await worker.run(until_empty=True)
+    assert (3, 2, 1) == (
+        worker.events["claimed"],
+        worker.events["succeeded"],
+        worker.events["dead"],
+    )
+    dead = [r for r in caplog.records if getattr(r, "event", None) == "dead"]
+    assert 1 == len(dead)
+    record = dead[0]
+    assert (failed.id, "boom", "u1", "KeyError") == (
+        record.task_id,  # type: ignore[attr-defined]
+        record.task,  # type: ignore[attr-defined]
+        record.owner,  # type: ignore[attr-defined]
+        record.error_type,  # type: ignore[attr-defined]
+    )

@@ -13,6 +13,7 @@ worker died — back to the queue, with the attempt counted: at least once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -116,8 +117,9 @@ class Worker:
         self._finishing: list[tuple[str, int, bytes | None, asyncio.Future[bool]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self.processed = 0
-        self.failed = 0
+        self.events: collections.Counter[str] = collections.Counter()
+        """What this worker did, by event: claimed, succeeded, retried, dead, cancelled,
+        lease_lost, reaped, released — the counts the metrics read."""
 
     def stop(self) -> None:
         """Stop claiming; running tasks get ``grace`` seconds, the rest go back to the queue."""
@@ -172,6 +174,7 @@ class Worker:
                         limit=free,
                     )
                 )
+            self.events["claimed"] += len(claims)
             for claim in claims:
                 self._start(claim)
             if claims:
@@ -220,14 +223,15 @@ class Worker:
             await self._fail(claim, TaskError("Cancelled", "the task was cancelled"), retry=False)
             return
         except Exception as exc:
-            self.failed += 1
             await self._fail(claim, _error_of(exc), retry=True, definition=definition)
             return
-        self.processed += 1
         encoded = self.queue.serializer.dumps(result) if result is not None else None
-        done = await self._commit_success(task, encoded)
-        if not done:
-            log.warning("task %s finished after its lease was lost; the result is dropped", task.id)
+        if await self._commit_success(task, encoded):
+            self._event("succeeded", logging.DEBUG, "task succeeded", task)
+        else:
+            self._event(
+                "lease_lost", logging.WARNING, "task finished after its lease was lost", task
+            )
 
     async def _commit_success(self, task: Task, encoded: bytes | None) -> bool:
         """Record a success; successes that finish while a commit is under way are
@@ -254,6 +258,24 @@ class Worker:
             for task_id, _, _, future in batch:
                 if not future.done():
                     future.set_result(task_id in done)
+
+    def _event(self, name: str, level: int, message: str, task: Task, **fields: Any) -> None:
+        """Count an event and log it as a structured record (fields in ``extra``)."""
+        self.events[name] += 1
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                message,
+                extra={
+                    "event": name,
+                    "worker": self.id,
+                    "task_id": task.id,
+                    "task": task.name,
+                    "attempt": task.attempts,
+                    "owner": task.owner,
+                    **fields,
+                },
+            )
 
     def _cancelled_ids(self) -> set[str]:
         return {tid for tid, run in self._running.items() if run.context.cancelled}
@@ -295,17 +317,27 @@ class Worker:
         retry_at = None
         if retry and definition is not None and task.attempts <= task.max_retries:
             retry_at = self.queue.now() + definition.backoff.delay(task.attempts)
-        level = logging.WARNING if retry_at is not None else logging.ERROR
-        log.log(
-            level,
-            "task %s (%s) attempt %d failed: %s: %s%s",
-            task.id,
-            task.name,
-            task.attempts,
-            error.type,
-            error.message,
-            "" if retry_at is not None else "; dead-lettered",
-        )
+        if error.type == "Cancelled":
+            self._event("cancelled", logging.INFO, "task cancelled", task)
+        elif retry_at is not None:
+            self._event(
+                "retried",
+                logging.WARNING,
+                "task failed; retrying",
+                task,
+                error_type=error.type,
+                error=error.message,
+                retry_at=retry_at,
+            )
+        else:
+            self._event(
+                "dead",
+                logging.ERROR,
+                "task failed; dead-lettered",
+                task,
+                error_type=error.type,
+                error=error.message,
+            )
         await self.queue._call(
             lambda: self.queue.backend.fail(
                 self.id, task.id, task.attempts, error, retry_at, self.queue.now()
@@ -332,7 +364,14 @@ class Worker:
         if ids:
             held = await self.queue._call(backend.heartbeat, self.id, ids, now + self.lease)
             for task_id in set(ids) - held:
-                log.warning("task %s: lease lost (another worker may run it)", task_id)
+                running = self._running.get(task_id)
+                if running is not None:
+                    self._event(
+                        "lease_lost",
+                        logging.WARNING,
+                        "lease lost; another worker may run it",
+                        running.claim.task,
+                    )
             for task_id, progress in list(self._progress.items()):
                 await self.queue._call(backend.progress, self.id, task_id, progress)
             await self._honour_cancels(ids, now)
@@ -343,7 +382,11 @@ class Worker:
             since_reap = 0.0
             reaped = await self.queue._call(backend.reap, now)
             if reaped:
-                log.warning("re-queued %d task(s) whose worker stopped renewing", len(reaped))
+                self.events["reaped"] += len(reaped)
+                log.warning(
+                    "re-queued tasks whose worker stopped renewing their lease",
+                    extra={"event": "reaped", "worker": self.id, "task_ids": reaped},
+                )
         return since_reap
 
     async def _schedule(self, scheduler: Scheduler) -> None:
@@ -388,7 +431,11 @@ class Worker:
                     await asyncio.gather(self._committer, return_exceptions=True)
                 left = [run.claim.task.id for run in running if run.job in pending]
                 await self.queue._call(self.queue.backend.release, self.id, left, self.queue.now())
-                log.warning("shutdown: %d running task(s) given back to the queue", len(left))
+                self.events["released"] += len(left)
+                log.warning(
+                    "shutdown: running tasks given back to the queue",
+                    extra={"event": "released", "worker": self.id, "task_ids": left},
+                )
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
