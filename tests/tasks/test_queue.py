@@ -204,3 +204,12 @@ async def test_aging_moves_a_waiting_task_up_one_level_per_period(
         queue.close()
     with pytest.raises(ValueError, match="aging must be > 0"):
         Queue.from_url(backend_url, aging=0)
+
+
+async def test_a_task_record_carries_its_arguments(queue: Queue) -> None:
+    stored = await queue.enqueue("send_email", "a@example.com", subject="hi")
+    assert (("a@example.com",), {"subject": "hi"}) == (stored.args, stored.kwargs)
+    read = await queue.get(stored.id)
+    assert (("a@example.com",), {"subject": "hi"}) == (read.args, read.kwargs)
+    listed = (await queue.list()).tasks[0]
+    assert ("a@example.com",) == listed.args

@@ -37,6 +37,7 @@ from typing import Any
 from buttress.errors import ConfigurationError, DataIntegrityError
 from buttress.tasks._backend import Claim, NewTask, Page, QueueStats, TaskFilter
 from buttress.tasks._model import Priority, Progress, Task, TaskError, TaskStatus
+from buttress.tasks._payload import decode_payload, payload_serializer
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend"]
 
@@ -102,7 +103,7 @@ CREATE INDEX tasks_results ON tasks (result_expires_at) WHERE result_expires_at 
 _TASK_COLUMNS = (
     "id, name, priority, status, attempts, max_retries, timeout, eta, owner, tags, metadata, "
     "progress, progress_message, result, error_type, error_message, error_traceback, "
-    "enqueued_at, started_at, finished_at, dedup_key"
+    "enqueued_at, started_at, finished_at, dedup_key, payload, payload_format"
 )
 _CLAIM_COLUMNS = f"{_TASK_COLUMNS}, payload, payload_format, lease_until"
 _N_TASK_COLUMNS = _TASK_COLUMNS.count(",") + 1
@@ -809,7 +810,18 @@ def _stored(task: NewTask, row: tuple[Any, ...]) -> Task:
         metadata=json.loads(row[11]),
         enqueued_at=row[13],
         dedup_key=row[14],
+        **_arguments(task.payload, task.payload_format),
     )
+
+
+def _arguments(payload: bytes, payload_format: str) -> dict[str, Any]:
+    """The record's args and kwargs, decoded for reading; a payload that can't be
+    decoded reads as none (the worker dead-letters it with the real error)."""
+    try:
+        args, kwargs = decode_payload(payload_serializer(payload_format), bytes(payload))
+    except Exception:
+        return {}
+    return {"args": args, "kwargs": kwargs}
 
 
 def _task(row: Sequence[Any]) -> Task:
@@ -835,6 +847,7 @@ def _task(row: Sequence[Any]) -> Task:
             started_at=row[18],
             finished_at=row[19],
             dedup_key=row[20],
+            **_arguments(row[21], row[22]),
         )
     except (ValueError, TypeError) as exc:
         raise DataIntegrityError(
