@@ -93,13 +93,16 @@ class Scheduler:
             tick = schedule.latest(now)
             if tick < self.started or tick <= self._last.get(definition.name, -math.inf):
                 continue
-            self._last[definition.name] = tick
             new = self.queue.prepare(definition, eta=tick)
             new = _with_id(new, tick_task_id(definition.name, tick))
             try:
                 (task,) = await self.queue.enqueue_many([new])
-            except ValueError:
-                continue  # another scheduler stored this tick first
+            except ValueError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                self._last[definition.name] = tick  # another scheduler stored it first
+                continue
+            self._last[definition.name] = tick
             stored.append(task)
         return stored
 

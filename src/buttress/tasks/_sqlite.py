@@ -551,9 +551,12 @@ class SqliteBackend:
             raise ValueError(f"every must be > 0 seconds, got {every!r}")
         with self._transaction() as conn:
             cur = conn.execute(
+                # Only runnable tasks age, from when they became runnable: a task
+                # still waiting for its delay or backoff isn't starving.
                 "UPDATE tasks SET priority = priority - 1, aged_at = ? "
-                f"WHERE {_WAITING_SQL} AND priority > 0 AND ifnull(aged_at, enqueued_at) <= ?",
-                (now, now - every),
+                f"WHERE {_WAITING_SQL} AND priority > 0 AND eta <= ? "
+                "AND max(eta, ifnull(aged_at, enqueued_at)) <= ?",
+                (now, now, now - every),
             )
             return cur.rowcount
 

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import contextvars
 import functools
+import importlib
 import logging
 import multiprocessing
 import os
@@ -132,7 +133,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         installed = self._install_signals(loop)
-        helpers = [loop.create_task(self._beat())]
+        beat = loop.create_task(self._beat())
+        helpers = []
         scheduler = Scheduler(self.queue)
         if self.schedule and scheduler.periodic():
             await scheduler.run_due()  # ticks due now are there before the first claim
@@ -143,7 +145,13 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self._shut_down()
+            try:
+                # The heartbeat goes on while running tasks finish: their leases
+                # must not lapse during the grace period.
+                await self._shut_down()
+            finally:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
@@ -164,16 +172,24 @@ class Worker:
             free = self.concurrency - len(self._running)
             claims: list[Claim] = []
             if free > 0:
-                claims = await self.queue._call(
-                    functools.partial(
-                        backend.claim,
-                        worker=self.id,
-                        names=self.names,
-                        now=self.queue.now(),
-                        lease=self.lease,
-                        limit=free,
+                try:
+                    claims = await self.queue._call(
+                        functools.partial(
+                            backend.claim,
+                            worker=self.id,
+                            names=self.names,
+                            now=self.queue.now(),
+                            lease=self.lease,
+                            limit=free,
+                        )
                     )
-                )
+                except Exception:
+                    # A busy store ("database is locked") is not the end of the
+                    # worker: wait a poll interval and try again.
+                    log.exception("worker %s: claiming failed; retrying", self.id)
+                    self.events["claim_failed"] += 1
+                    await asyncio.sleep(self.poll_interval)
+                    continue
             self.events["claimed"] += len(claims)
             for claim in claims:
                 self._start(claim)
@@ -198,6 +214,15 @@ class Worker:
             self._wake.set()  # a slot is free: claim again now
 
     async def _execute(self, claim: Claim, context: TaskContext) -> None:
+        try:
+            await self._run_claim(claim, context)
+        except Exception:
+            # The store failed while recording the outcome: the lease lapses and
+            # the reaper gives the task another attempt (at least once).
+            log.exception("worker %s: recording task %s failed", self.id, claim.task.id)
+            self.events["record_failed"] += 1
+
+    async def _run_claim(self, claim: Claim, context: TaskContext) -> None:
         task = claim.task
         definition = self.queue.tasks.get(task.name)
         if definition is None:
@@ -225,7 +250,13 @@ class Worker:
         except Exception as exc:
             await self._fail(claim, _error_of(exc), retry=True, definition=definition)
             return
-        encoded = self.queue.serializer.dumps(result) if result is not None else None
+        try:
+            encoded = self.queue.serializer.dumps(result) if result is not None else None
+        except Exception as exc:
+            await self._fail(
+                claim, _error_of(exc, "the task's result cannot be stored"), retry=False
+            )
+            return
         if await self._commit_success(task, encoded):
             self._event("succeeded", logging.DEBUG, "task succeeded", task)
         else:
@@ -299,11 +330,19 @@ class Worker:
                     self.concurrency, thread_name_prefix="buttress-task"
                 )
             run = contextvars.copy_context().run
+            started = asyncio.Event()
+
+            def body() -> Any:
+                loop.call_soon_threadsafe(started.set)
+                return run(definition.fn, *args, **kwargs)
+
             # A thread can't be stopped: on timeout the worker stops waiting and
-            # records the failure; the thread finishes on its own.
-            call = functools.partial(run, definition.fn, *args, **kwargs)
-            return await asyncio.wait_for(loop.run_in_executor(self._threads, call), timeout)
-        return await _in_process(definition.fn, args, kwargs, timeout)
+            # records the failure; the thread finishes on its own. The timeout
+            # starts once the function runs, not while it waits for a thread.
+            future = loop.run_in_executor(self._threads, body)
+            await started.wait()
+            return await asyncio.wait_for(future, timeout)
+        return await _in_process(_reference(definition.fn), args, kwargs, timeout)
 
     async def _fail(
         self,
@@ -395,7 +434,16 @@ class Worker:
             due = scheduler.next_due()
             wait = 60.0 if due is None else max(0.0, due - self.queue.now())
             await self.clock.sleep_async(wait)
-            if await scheduler.run_due() and self._wake is not None:
+            while True:
+                try:
+                    stored = await scheduler.run_due()
+                except Exception:
+                    # Missing a beat must not stop the schedule: try again shortly.
+                    log.exception("worker %s: enqueueing a periodic tick failed", self.id)
+                    await self.clock.sleep_async(max(self.poll_interval, 0.01))
+                    continue
+                break
+            if stored and self._wake is not None:
                 self._wake.set()
 
     async def _honour_cancels(self, ids: list[str], now: float) -> None:
@@ -418,9 +466,7 @@ class Worker:
     async def _shut_down(self) -> None:
         running = list(self._running.values())
         if running:
-            _, pending = await asyncio.wait(
-                [run.job for run in running], timeout=self.grace or None
-            )
+            _, pending = await asyncio.wait([run.job for run in running], timeout=self.grace)
             if pending:
                 for job in pending:
                     job.cancel()
@@ -442,7 +488,7 @@ class Worker:
 
 
 async def _in_process(
-    fn: Callable[..., Any],
+    fn: tuple[str, str],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     limit: float | None,
@@ -487,11 +533,25 @@ class ProcessTaskError(Exception):
         self.trace = trace
 
 
+def _reference(fn: Callable[..., Any]) -> tuple[str, str]:
+    """Where the child finds ``fn``: by module and qualified name, as pickle would, but
+    without requiring that name to be the bare function (``@queue.task`` rebinds it)."""
+    return fn.__module__, fn.__qualname__
+
+
+def _resolve(reference: tuple[str, str]) -> Callable[..., Any]:
+    module_name, qualname = reference
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target.fn if isinstance(target, TaskDefinition) else target
+
+
 def _child(
-    sender: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    sender: Any, reference: tuple[str, str], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     try:
-        result = fn(*args, **kwargs)
+        result = _resolve(reference)(*args, **kwargs)
     except BaseException as exc:
         sender.send(("error", type(exc).__qualname__, str(exc), traceback.format_exc()))
     else:
