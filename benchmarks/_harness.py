@@ -36,6 +36,7 @@ __all__ = [
     "Target",
     "Timing",
     "machine_facts",
+    "print_header",
     "ratio",
     "time_async",
     "time_sync",
@@ -261,3 +262,19 @@ def machine_facts() -> list[tuple[str, str]]:
         ("python", f"{platform.python_implementation()} {sys.version.split()[0]}"),
         ("buttress", f"{version_of('buttress')} (git {_git_revision()})"),
     ]
+
+
+def print_header(
+    console: Console, title: str, facts: Sequence[tuple[str, str]], *, markdown: bool
+) -> None:
+    """The run's title and facts: a Markdown list, or a rich rule and aligned lines."""
+    if markdown:
+        print(f"## {title}\n")
+        for label, value in facts:
+            print(f"- **{label}**: {value}")
+        print()
+    else:
+        console.rule(title)
+        for label, value in facts:
+            console.print(f"[bold]{label:>9}[/bold]  {value}", highlight=False)
+        console.print()

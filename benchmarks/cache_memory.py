@@ -41,7 +41,17 @@ from typing import Any
 from rich.console import Console
 
 import buttress
-from _harness import Report, Settings, SyncCase, Target, machine_facts, ratio, time_sync, version_of
+from _harness import (
+    Report,
+    Settings,
+    SyncCase,
+    Target,
+    machine_facts,
+    print_header,
+    ratio,
+    time_sync,
+    version_of,
+)
 from buttress.cache._memory import MemoryCache
 from buttress.cache._missing import MISSING
 from buttress.clock import ManualClock
@@ -448,16 +458,9 @@ def _header(console: Console, settings: Settings, mode: str) -> None:
             f"~{settings.seconds_per_repeat:g} s each; hit ratios are exact replays",
         )
     )
-    if settings.markdown:
-        print("## buttress cache benchmarks: MemoryCache (L1)\n")
-        for label, value in facts:
-            print(f"- **{label}**: {value}")
-        print()
-    else:
-        console.rule("buttress cache benchmarks: MemoryCache (L1)")
-        for label, value in facts:
-            console.print(f"[bold]{label:>9}[/bold]  {value}", highlight=False)
-        console.print()
+    print_header(
+        console, "buttress cache benchmarks: MemoryCache (L1)", facts, markdown=settings.markdown
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from aiocache import RedisCache
 from cashews import Cache as CashewsCache
 from rich.console import Console
 
-from _harness import Report, Target, machine_facts, ratio, version_of
+from _harness import Report, Target, machine_facts, print_header, ratio, version_of
 from buttress.cache import Cache, RedisStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -196,15 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with RedisServer() as server:
         facts.append(("server", f"redis-server on {server.url} (loopback, no persistence)"))
-        if args.markdown:
-            print("## buttress cache benchmarks: Redis\n")
-            for label, value in facts:
-                print(f"- **{label}**: {value}")
-            print()
-        else:
-            console.rule("buttress cache benchmarks: Redis")
-            for label, value in facts:
-                console.print(f"[bold]{label:>9}[/bold]  {value}", highlight=False)
+        print_header(console, "buttress cache benchmarks: Redis", facts, markdown=args.markdown)
         reports = asyncio.run(run_all(server.url, calls, repeats))
     targets: list[Target] = []
     for table in reports:

@@ -42,6 +42,7 @@ from _harness import (
     Target,
     Timing,
     machine_facts,
+    print_header,
     ratio,
     time_async,
     time_sync,
@@ -593,16 +594,7 @@ def _header(console: Console, settings: Settings, mode: str) -> None:
             f"~{settings.seconds_per_repeat:g} s each",
         )
     )
-    if settings.markdown:
-        print("## buttress resilience benchmarks\n")
-        for label, value in facts:
-            print(f"- **{label}**: {value}")
-        print()
-    else:
-        console.rule("buttress resilience benchmarks")
-        for label, value in facts:
-            console.print(f"[bold]{label:>9}[/bold]  {value}", highlight=False)
-        console.print()
+    print_header(console, "buttress resilience benchmarks", facts, markdown=settings.markdown)
 
 
 def _summary(console: Console, targets: Sequence[Target], *, markdown: bool) -> None:

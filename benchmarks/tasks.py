@@ -46,7 +46,7 @@ from typing import IO, Any
 from rich.console import Console
 
 import buttress
-from _harness import Report, Target, machine_facts, ratio, version_of
+from _harness import Report, Target, machine_facts, print_header, ratio, version_of
 from buttress.tasks import Queue, Worker
 
 HERE = Path(__file__).resolve()
@@ -772,16 +772,7 @@ def _header(console: Console, plan: Plan, mode: str, tmp: Path, synchronous: int
             f"at {LATENCY_RATE:.0f}/s",
         ),
     ]
-    if plan.markdown:
-        print("## buttress task queue benchmarks: SQLite\n")
-        for label, value in facts:
-            print(f"- **{label}**: {value}")
-        print()
-    else:
-        console.rule("buttress task queue benchmarks: SQLite")
-        for label, value in facts:
-            console.print(f"[bold]{label:>9}[/bold]  {value}", highlight=False)
-        console.print()
+    print_header(console, "buttress task queue benchmarks: SQLite", facts, markdown=plan.markdown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
