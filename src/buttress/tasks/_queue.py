@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from buttress.clock import Clock, SystemClock
 from buttress.errors import NotFoundError, OperationCancelledError, OperationTimeoutError
@@ -462,43 +462,24 @@ class Queue:
         return changed[0] if changed else await self.get(task_id, owner=owner)
 
     async def cancel_many(
-        self,
-        ids: Iterable[str] | None = None,
-        *,
-        owner: str | None = None,
-        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
-        name: str | None = None,
-        tag: str | None = None,
+        self, ids: Iterable[str] | None = None, **where: Unpack[Selection]
     ) -> builtins.list[Task]:
         """Cancel these tasks, or every task matching the filter; the ones affected."""
-        where = _filter(ids, owner=owner, status=status, name=name, tag=tag)
-        return [self._bind(t) for t in await self._call(self.backend.cancel, where, self.now())]
+        chosen = _filter(ids, **where)
+        return [self._bind(t) for t in await self._call(self.backend.cancel, chosen, self.now())]
 
     async def retry_many(
-        self,
-        ids: Iterable[str] | None = None,
-        *,
-        owner: str | None = None,
-        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
-        name: str | None = None,
-        tag: str | None = None,
+        self, ids: Iterable[str] | None = None, **where: Unpack[Selection]
     ) -> builtins.list[Task]:
         """Queue failed, dead or cancelled tasks again (these, or all matching)."""
-        where = _filter(ids, owner=owner, status=status, name=name, tag=tag)
-        return [self._bind(t) for t in await self._call(self.backend.retry, where, self.now())]
+        chosen = _filter(ids, **where)
+        return [self._bind(t) for t in await self._call(self.backend.retry, chosen, self.now())]
 
     async def delete_many(
-        self,
-        ids: Iterable[str] | None = None,
-        *,
-        owner: str | None = None,
-        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
-        name: str | None = None,
-        tag: str | None = None,
+        self, ids: Iterable[str] | None = None, **where: Unpack[Selection]
     ) -> int:
         """Delete these tasks, or all matching (never a running one); the count."""
-        where = _filter(ids, owner=owner, status=status, name=name, tag=tag)
-        return await self._call(self.backend.delete, where)
+        return await self._call(self.backend.delete, _filter(ids, **where))
 
     async def reprocess(
         self, ids: Iterable[str] | None = None, *, name: str | None = None, owner: str | None = None
@@ -550,13 +531,22 @@ class Queue:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
+class Selection(TypedDict, total=False):
+    """Which tasks a bulk action means: every given field narrows the set."""
+
+    owner: str | None
+    status: TaskStatus | str | Iterable[TaskStatus | str] | None
+    name: str | None
+    tag: str | None
+
+
 def _filter(
     ids: Iterable[str] | None,
     *,
-    owner: str | None,
-    status: TaskStatus | str | Iterable[TaskStatus | str] | None,
-    name: str | None,
-    tag: str | None,
+    owner: str | None = None,
+    status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+    name: str | None = None,
+    tag: str | None = None,
 ) -> TaskFilter:
     if isinstance(ids, str):
         raise TypeError(f"ids must be a list of task ids, not one string: {ids!r}")
