@@ -37,6 +37,7 @@ __all__ = [
     "Timing",
     "machine_facts",
     "print_header",
+    "print_summary",
     "ratio",
     "time_async",
     "time_sync",
@@ -278,3 +279,20 @@ def print_header(
         for label, value in facts:
             console.print(f"[bold]{label:>9}[/bold]  {value}", highlight=False)
         console.print()
+
+
+def print_summary(
+    console: Console, targets: Sequence[Target], *, markdown: bool, started: float | None = None
+) -> None:
+    """The targets of the whole run, met or missed, then how long the run took."""
+    summary = Report("Targets", ["target", "measured", "verdict"])
+    for target in targets:
+        summary.rows.append([target.goal, target.measured, "met" if target.met else "MISSED"])
+    summary.render(console, markdown=markdown)
+    if started is None:
+        return
+    elapsed = time.perf_counter() - started
+    if markdown:
+        print(f"_Run took {elapsed:.0f} s._")
+    else:
+        console.print(f"run took {elapsed:.0f} s", highlight=False)

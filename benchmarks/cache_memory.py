@@ -40,7 +40,6 @@ from typing import Any
 
 from rich.console import Console
 
-import buttress
 from _harness import (
     Report,
     Settings,
@@ -48,6 +47,7 @@ from _harness import (
     Target,
     machine_facts,
     print_header,
+    print_summary,
     ratio,
     time_sync,
     version_of,
@@ -489,15 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for report in reports:
         report.render(console, markdown=settings.markdown)
         targets += report.targets
-    summary = Report("Targets", ["target", "measured", "verdict"])
-    for target in targets:
-        summary.rows.append([target.goal, target.measured, "met" if target.met else "MISSED"])
-    summary.render(console, markdown=settings.markdown)
-    elapsed = time.perf_counter() - started
-    if settings.markdown:
-        print(f"_Run took {elapsed:.0f} s (buttress {buttress.__version__})._")
-    else:
-        console.print(f"run took {elapsed:.0f} s", highlight=False)
+    print_summary(console, targets, markdown=settings.markdown, started=started)
     return 0
 
 

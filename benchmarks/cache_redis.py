@@ -23,7 +23,7 @@ from aiocache import RedisCache
 from cashews import Cache as CashewsCache
 from rich.console import Console
 
-from _harness import Report, Target, machine_facts, print_header, ratio, version_of
+from _harness import Report, Target, machine_facts, print_header, print_summary, ratio, version_of
 from buttress.cache import Cache, RedisStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -202,10 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for table in reports:
         table.render(console, markdown=args.markdown)
         targets += table.targets
-    summary = Report("Targets", ["target", "measured", "verdict"])
-    for target in targets:
-        summary.rows.append([target.goal, target.measured, "met" if target.met else "MISSED"])
-    summary.render(console, markdown=args.markdown)
+    print_summary(console, targets, markdown=args.markdown)
     return 0
 
 

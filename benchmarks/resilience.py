@@ -43,6 +43,7 @@ from _harness import (
     Timing,
     machine_facts,
     print_header,
+    print_summary,
     ratio,
     time_async,
     time_sync,
@@ -597,13 +598,6 @@ def _header(console: Console, settings: Settings, mode: str) -> None:
     print_header(console, "buttress resilience benchmarks", facts, markdown=settings.markdown)
 
 
-def _summary(console: Console, targets: Sequence[Target], *, markdown: bool) -> None:
-    summary = Report("Targets", ["target", "measured", "verdict"])
-    for target in targets:
-        summary.rows.append([target.goal, target.measured, "met" if target.met else "MISSED"])
-    summary.render(console, markdown=markdown)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats: a smoke run")
@@ -645,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.render(console, markdown=settings.markdown)
             targets += report.targets
     if targets:
-        _summary(console, targets, markdown=settings.markdown)
+        print_summary(console, targets, markdown=settings.markdown)
     elapsed = time.perf_counter() - started
     if settings.markdown:
         print(f"_Run took {elapsed:.0f} s (buttress {buttress.__version__})._")

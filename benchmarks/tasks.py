@@ -45,8 +45,7 @@ from typing import IO, Any
 
 from rich.console import Console
 
-import buttress
-from _harness import Report, Target, machine_facts, print_header, ratio, version_of
+from _harness import Report, Target, machine_facts, print_header, print_summary, ratio, version_of
 from buttress.tasks import Queue, Worker
 
 HERE = Path(__file__).resolve()
@@ -812,15 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where.render(console, markdown=plan.markdown)
         latency, _ = measure_latency(plan, tmp)
         latency.render(console, markdown=plan.markdown)
-    summary = Report("Targets", ["target", "measured", "verdict"])
-    for target in drain.targets:
-        summary.rows.append([target.goal, target.measured, "met" if target.met else "MISSED"])
-    summary.render(console, markdown=plan.markdown)
-    elapsed = time.perf_counter() - started
-    if plan.markdown:
-        print(f"_Run took {elapsed:.0f} s (buttress {buttress.__version__})._")
-    else:
-        console.print(f"run took {elapsed:.0f} s", highlight=False)
+    print_summary(console, drain.targets, markdown=plan.markdown, started=started)
     return 0
 
 
