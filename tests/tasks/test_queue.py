@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from buttress.clock import ManualClock
-from buttress.errors import NotFoundError
+from buttress.errors import ConflictError, NotFoundError
 from buttress.tasks import Priority, TaskStatus
 from buttress.tasks._queue import Queue
 
@@ -213,3 +213,11 @@ async def test_a_task_record_carries_its_arguments(queue: Queue) -> None:
     assert (("a@example.com",), {"subject": "hi"}) == (read.args, read.kwargs)
     listed = (await queue.list()).tasks[0]
     assert ("a@example.com",) == listed.args
+
+
+async def test_retrying_a_task_that_is_not_finished_badly_is_a_conflict(queue: Queue) -> None:
+    task = await queue.enqueue("work")
+    with pytest.raises(ConflictError, match="is queued: only failed, dead or cancelled"):
+        await queue.retry(task.id)
+    with pytest.raises(NotFoundError):
+        await queue.retry("0" * 26)

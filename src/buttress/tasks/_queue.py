@@ -29,7 +29,12 @@ from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from buttress.clock import Clock, SystemClock
-from buttress.errors import NotFoundError, OperationCancelledError, OperationTimeoutError
+from buttress.errors import (
+    ConflictError,
+    NotFoundError,
+    OperationCancelledError,
+    OperationTimeoutError,
+)
 from buttress.resilience._common import Duration, check_int, resolve_clock
 from buttress.tasks._backend import Backend, NewTask, Page, QueueStats, TaskFilter
 from buttress.tasks._model import Priority, Task, TaskFailedError, TaskStatus, new_task_id
@@ -459,7 +464,14 @@ class Queue:
         changed = await self._call(
             self.backend.retry, TaskFilter(ids=(task_id,), owner=owner), self.now()
         )
-        return changed[0] if changed else await self.get(task_id, owner=owner)
+        if changed:
+            return self._bind(changed[0])
+        task = await self.get(task_id, owner=owner)  # NotFoundError if absent
+        raise ConflictError(
+            f"task {task_id} is {task.status.value}: only failed, dead or cancelled tasks "
+            "can be retried",
+            task_id=task_id,
+        )
 
     async def cancel_many(
         self, ids: Iterable[str] | None = None, **where: Unpack[Selection]
