@@ -37,7 +37,7 @@ async def _until(predicate: Any, within: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-# --- 1. a result that can't be encoded leaves the task "running" (exception escapes) ------
+# --- a result that can't be stored is recorded as the task's failure ---------------------
 
 
 async def test_unencodable_result_is_recorded_not_left_running(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ async def test_unencodable_result_is_recorded_not_left_running(tmp_path: Path) -
         queue.close()
 
 
-# --- 2. grace=0 makes the graceful shutdown wait forever -----------------------------------
+# --- grace=0 gives running tasks back at once --------------------------------------------
 
 
 async def test_grace_zero_requeues_at_once_instead_of_hanging(real_queue: Queue) -> None:
@@ -87,7 +87,7 @@ async def test_grace_zero_requeues_at_once_instead_of_hanging(real_queue: Queue)
     assert (await real_queue.get(task.id)).status is TaskStatus.QUEUED
 
 
-# --- 3. the heartbeat stops before the shutdown grace period ------------------------------
+# --- leases are renewed through the shutdown grace period --------------------------------
 
 
 async def test_leases_are_renewed_while_shutdown_waits_for_running_tasks(
@@ -115,7 +115,7 @@ async def test_leases_are_renewed_while_shutdown_waits_for_running_tasks(
     assert (await real_queue.get(task.id)).status is TaskStatus.SUCCEEDED
 
 
-# --- 4. a timed-out thread keeps its pool slot: the next thread task times out unrun ------
+# --- a thread task's timeout starts when it runs -----------------------------------------
 
 
 async def test_a_timed_out_thread_does_not_time_out_the_next_thread_task(
@@ -141,7 +141,7 @@ async def test_a_timed_out_thread_does_not_time_out_the_next_thread_task(
     assert after.status is TaskStatus.SUCCEEDED, (after.status, after.error, ran)
 
 
-# --- 5. @queue.task(executor="process") as a decorator cannot run --------------------------
+# --- @queue.task(executor="process") works as a decorator --------------------------------
 
 
 def cube(x: int) -> int:
@@ -164,7 +164,7 @@ async def test_decorated_process_task_runs(tmp_path: Path, monkeypatch: pytest.M
         queue.close()
 
 
-# --- 6. a transient store error in claim crashes the worker --------------------------------
+# --- a busy store while claiming doesn't stop the worker ---------------------------------
 
 
 async def test_a_locked_database_during_claim_does_not_crash_the_worker(
@@ -195,7 +195,7 @@ async def test_a_locked_database_during_claim_does_not_crash_the_worker(
         queue.close()
 
 
-# --- 7. a transient store error kills the periodic scheduler for good ----------------------
+# --- a busy store while enqueueing a tick doesn't stop the schedule ----------------------
 
 
 async def test_the_scheduler_survives_a_failed_tick_enqueue(
@@ -235,7 +235,7 @@ async def test_the_scheduler_survives_a_failed_tick_enqueue(
         queue.close()
 
 
-# --- 8. aging promotes delayed tasks that never waited to run -----------------------------
+# --- aging moves only tasks that are runnable --------------------------------------------
 
 
 def test_aging_does_not_promote_a_task_still_waiting_for_its_delay(tmp_path: Path) -> None:
