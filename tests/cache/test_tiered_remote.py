@@ -476,3 +476,21 @@ async def test_large_values_are_compressed_on_the_wire_and_read_back(
     stored = raw_redis(redis_url).get("buttress:big")
     assert stored is not None
     assert len(stored) < 2000  # 12 kB of text, zstd-compressed
+
+
+def test_a_finished_event_loop_is_not_kept_alive_by_the_read_coalescer(redis_url: str) -> None:
+    import gc
+    import weakref
+
+    cache = Cache([RedisStore(redis_url)])
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def read() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await cache.get("k")
+
+    asyncio.run(read())
+    asyncio.run(read())  # a second loop replaces the first as the tier's last one
+    gc.collect()
+    assert loops[0]() is None
+    cache.sync.close()

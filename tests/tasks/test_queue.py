@@ -221,3 +221,8 @@ async def test_retrying_a_task_that_is_not_finished_badly_is_a_conflict(queue: Q
         await queue.retry(task.id)
     with pytest.raises(NotFoundError):
         await queue.retry("0" * 26)
+
+
+def test_a_zero_lease_is_refused_not_replaced(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lease must be > 0"):
+        Queue.from_url(f"sqlite:///{tmp_path}/q.db", lease=0)

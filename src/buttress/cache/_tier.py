@@ -109,7 +109,7 @@ class RemoteTier:
     def coalescer(self) -> ReadCoalescer:
         loop = asyncio.get_running_loop()
         last = self._last_coalescer
-        if last is not None and last.loop is loop:  # the usual case: one loop
+        if last is not None and last.loop() is loop:  # the usual case: one loop
             return last
         coalescer = self._coalescers.get(loop)
         if coalescer is None:
@@ -168,7 +168,8 @@ class ReadCoalescer:
 
     def __init__(self, tier: RemoteTier, loop: asyncio.AbstractEventLoop) -> None:
         self._tier = tier
-        self.loop = loop
+        # Weakly: a strong reference would keep the loop (the weak dict's key) alive.
+        self.loop = weakref.ref(loop)
         self._in_flight = 0
         self._waiting: list[tuple[str, asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -182,7 +183,7 @@ class ReadCoalescer:
             finally:
                 self._in_flight -= 1
                 self._send_waiting()
-        future: asyncio.Future[Any] = self.loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((key, future))
         return await future
 
@@ -190,7 +191,7 @@ class ReadCoalescer:
         if self._waiting and self._in_flight < _MAX_IN_FLIGHT:
             batch, self._waiting = self._waiting, []
             self._in_flight += 1
-            task = self.loop.create_task(self._send(batch))
+            task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)  # a task nobody references may be collected
             task.add_done_callback(self._tasks.discard)
 

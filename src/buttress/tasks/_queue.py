@@ -38,7 +38,7 @@ from buttress.errors import (
 from buttress.resilience._common import Duration, check_int, resolve_clock
 from buttress.tasks._backend import Backend, NewTask, Page, QueueStats, TaskFilter
 from buttress.tasks._model import Priority, Task, TaskFailedError, TaskStatus, new_task_id
-from buttress.tasks._payload import PAYLOAD_FORMATS, encode_payload, payload_serializer
+from buttress.tasks._payload import encode_payload, payload_serializer
 from buttress.tasks._schedule import Schedule
 
 __all__ = ["Queue", "TaskDefinition"]
@@ -137,12 +137,12 @@ class Queue:
     ) -> None:
         if not isinstance(backend, Backend):
             raise TypeError(f"Queue needs a Backend, got {backend!r}")
-        if payload not in PAYLOAD_FORMATS:
-            payload_serializer(payload)  # raises the explanatory error
         self.backend = backend
         self.payload = payload
-        self.serializer = payload_serializer(payload)
-        self.lease = _seconds("lease", lease, allow_none=False) or 30.0
+        self.serializer = payload_serializer(payload)  # explains a format it won't use
+        self.lease = _seconds("lease", lease, allow_none=False) or 0.0
+        if self.lease == 0:
+            raise ValueError("lease must be > 0 seconds: a task is held for that long")
         # Strict priority can starve BULK work under steady higher-priority load:
         # with aging, a task moves up one level for every `aging` seconds it waits.
         self.aging = _seconds("aging", aging)

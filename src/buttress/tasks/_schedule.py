@@ -18,7 +18,6 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from buttress.tasks._backend import NewTask
 from buttress.tasks._model import Task, tick_task_id
 
 if TYPE_CHECKING:
@@ -93,8 +92,9 @@ class Scheduler:
             tick = schedule.latest(now)
             if tick < self.started or tick <= self._last.get(definition.name, -math.inf):
                 continue
-            new = self.queue.prepare(definition, eta=tick)
-            new = _with_id(new, tick_task_id(definition.name, tick))
+            new = dataclasses.replace(
+                self.queue.prepare(definition, eta=tick), id=tick_task_id(definition.name, tick)
+            )
             try:
                 (task,) = await self.queue.enqueue_many([new])
             except ValueError as exc:
@@ -111,7 +111,3 @@ class Scheduler:
         now = self.queue.now()
         ticks = [d.schedule.after(d.schedule.latest(now)) for d in self.periodic() if d.schedule]
         return min(ticks) if ticks else None
-
-
-def _with_id(new: NewTask, task_id: str) -> NewTask:
-    return dataclasses.replace(new, id=task_id)
