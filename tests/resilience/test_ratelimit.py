@@ -194,3 +194,22 @@ def test_memory_follows_active_keys_with_a_million_keys(clock: ManualClock) -> N
     clock.advance(1)
     limiter.try_acquire("b")
     assert 2 == limiter.metrics().keys
+
+
+def test_decide_reports_what_is_left_and_when_it_comes_back(clock: ManualClock) -> None:
+    limiter = RateLimiter(10, per=1, burst=3, clock=clock)
+    first = limiter.decide("a")
+    assert (first.allowed, first.limit, first.remaining) == (True, 3, 2)
+    assert first.reset_after == pytest.approx(0.1)
+    limiter.decide("a")
+    last = limiter.decide("a")
+    assert (last.allowed, last.remaining) == (True, 0)
+    refused = limiter.decide("a")
+    assert (refused.allowed, refused.remaining) == (False, 0)
+    assert refused.retry_after == pytest.approx(0.1)
+    assert refused.reset_after == pytest.approx(0.3)
+    assert limiter.metrics().rejected == 1
+    clock.advance(0.1)
+    assert limiter.decide("a").allowed
+    # A key's verdict is its own.
+    assert limiter.decide("b").remaining == 2

@@ -11,7 +11,7 @@ from buttress.resilience._common import Duration, ExceptionFilter, ResilienceEve
 from buttress.resilience._fallback import Fallback, FallbackMetrics, fallback
 from buttress.resilience._hedge import Hedge, HedgeMetrics, hedge
 from buttress.resilience._pipeline import Pipeline
-from buttress.resilience._ratelimit import RateLimiter, RateLimiterMetrics
+from buttress.resilience._ratelimit import RateLimitDecision, RateLimiter, RateLimiterMetrics
 from buttress.resilience._registry import Registry, default_registry
 from buttress.resilience._retry import (
     Retry,
@@ -37,6 +37,7 @@ __all__ = [
     "Hedge",
     "HedgeMetrics",
     "Pipeline",
+    "RateLimitDecision",
     "RateLimiter",
     "RateLimiterMetrics",
     "Registry",

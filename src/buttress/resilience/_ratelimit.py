@@ -34,7 +34,7 @@ from buttress.resilience._common import (
 )
 from buttress.resilience._registry import Registry, default_registry
 
-__all__ = ["RateLimiter", "RateLimiterMetrics"]
+__all__ = ["RateLimitDecision", "RateLimiter", "RateLimiterMetrics"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,6 +50,21 @@ class RateLimiterMetrics:
     rejected: int
     keys: int
     """Keys currently remembered (active within the last two horizons)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    """One request's verdict, with what HTTP ``RateLimit-*`` headers report."""
+
+    allowed: bool
+    limit: int
+    """The burst: requests a fresh key may make at once."""
+    remaining: int
+    """Requests the key could still make right now."""
+    reset_after: float
+    """Seconds until the key's whole allowance is back."""
+    retry_after: float
+    """Seconds until a rejected request would pass; 0.0 when allowed."""
 
 
 class RateLimiter(Strategy, Observable):
@@ -111,6 +126,26 @@ class RateLimiter(Strategy, Observable):
     def try_acquire(self, key: str = "", *, cost: int = 1) -> bool:
         """Take ``cost`` from ``key``'s allowance if it is there now; never waits."""
         return self._reserve(key, cost, max_wait=0.0) == 0.0
+
+    def decide(self, key: str = "", *, cost: int = 1) -> RateLimitDecision:
+        """Like :meth:`try_acquire`, and say how much allowance is left.
+
+        >>> decision = limiter.decide("user:42")
+        >>> decision.allowed, decision.remaining, decision.retry_after
+        (True, 9, 0.0)
+        """
+        allowed = self._reserve(key, cost, max_wait=0.0) == 0.0
+        with self._lock:
+            now = self._now()
+            tat = self._current.get(key)
+            if tat is None:
+                tat = self._previous.get(key)
+            if tat is None:
+                tat = self._booked.get(key, now)
+        backlog = max(tat - now, 0.0)
+        remaining = int((self._horizon - backlog) / self._interval + 1e-9)
+        retry_after = 0.0 if allowed else max(backlog + cost * self._interval - self._horizon, 0.0)
+        return RateLimitDecision(allowed, self._burst, max(remaining, 0), backlog, retry_after)
 
     def acquire(self, key: str = "", *, cost: int = 1, max_wait: Duration | None = None) -> None:
         """Take ``cost`` from ``key``'s allowance, waiting up to ``max_wait`` seconds for it.

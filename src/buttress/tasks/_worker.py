@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +41,10 @@ __all__ = ["TaskContext", "Worker", "current_task"]
 log = logging.getLogger("buttress.tasks")
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("buttress_task")
+
+TaskObserver = Callable[[str, Task, Mapping[str, Any]], None]
+"""Called with each worker event, its task and its fields (``seconds``: how long a
+finished attempt ran, on the worker's clock); see :meth:`Worker.add_observer`."""
 
 
 def current_task() -> TaskContext:
@@ -79,6 +83,7 @@ class _Running:
     claim: Claim
     context: TaskContext
     job: asyncio.Task[Any]
+    started: float
     cancel_at: float | None = None
 
 
@@ -97,8 +102,11 @@ class Worker:
         cancel_grace: Duration = 5.0,
         worker_id: str | None = None,
         schedule: bool = True,
+        signals: bool = True,
     ) -> None:
         self.queue = queue
+        # Off when a host (uvicorn, say) owns SIGTERM/SIGINT and calls stop() itself.
+        self.signals = signals
         self.schedule = schedule
         self.clock = queue.clock
         self.concurrency = check_int("Worker", "concurrency", concurrency, minimum=1)
@@ -121,6 +129,25 @@ class Worker:
         self.events: collections.Counter[str] = collections.Counter()
         """What this worker did, by event: claimed, succeeded, retried, dead, cancelled,
         lease_lost, reaped, released — the counts the metrics read."""
+        self._observers: list[TaskObserver] = []
+
+    def add_observer(self, observer: TaskObserver) -> None:
+        """Call ``observer(event, task, fields)`` on each task event this worker logs.
+
+        An attempt that ends (``succeeded``, ``retried``, ``dead``, ``cancelled``, or
+        ``lease_lost`` after finishing) carries ``fields["seconds"]``, its run time.
+        Observers run on the worker's loop, so they must be quick; one that raises
+        is logged and ignored.
+
+        >>> worker.add_observer(lambda event, task, fields: print(event, task.name))
+        """
+        if not callable(observer):
+            raise TypeError(f"Worker.add_observer needs a callable, got {observer!r}")
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: TaskObserver) -> None:
+        """Stop calling ``observer``; ValueError if it was not added."""
+        self._observers.remove(observer)
 
     def stop(self) -> None:
         """Stop claiming; running tasks get ``grace`` seconds, the rest go back to the queue."""
@@ -132,7 +159,7 @@ class Worker:
         """Claim and run tasks until stopped (SIGTERM/SIGINT), or until none is left."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        installed = self._install_signals(loop)
+        installed = self._install_signals(loop) if self.signals else []
         beat = loop.create_task(self._beat())
         helpers = []
         scheduler = Scheduler(self.queue)
@@ -204,7 +231,7 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         context = TaskContext(claim.task, self)
         job = asyncio.get_running_loop().create_task(self._execute(claim, context))
-        self._running[claim.task.id] = _Running(claim, context, job)
+        self._running[claim.task.id] = _Running(claim, context, job, self.clock.now())
         job.add_done_callback(lambda _: self._finished(claim.task.id))
 
     def _finished(self, task_id: str) -> None:
@@ -257,11 +284,16 @@ class Worker:
                 claim, _error_of(exc, "the task's result cannot be stored"), retry=False
             )
             return
+        seconds = self._ran(task)
         if await self._commit_success(task, encoded):
-            self._event("succeeded", logging.DEBUG, "task succeeded", task)
+            self._event("succeeded", logging.DEBUG, "task succeeded", task, seconds=seconds)
         else:
             self._event(
-                "lease_lost", logging.WARNING, "task finished after its lease was lost", task
+                "lease_lost",
+                logging.WARNING,
+                "task finished after its lease was lost",
+                task,
+                seconds=seconds,
             )
 
     async def _commit_success(self, task: Task, encoded: bytes | None) -> bool:
@@ -293,6 +325,12 @@ class Worker:
     def _event(self, name: str, level: int, message: str, task: Task, **fields: Any) -> None:
         """Count an event and log it as a structured record (fields in ``extra``)."""
         self.events[name] += 1
+        for observer in self._observers:
+            try:
+                observer(name, task, fields)
+            except Exception:
+                # Metrics and the like must never break the worker.
+                log.exception("worker %s: observer %r failed on %s", self.id, observer, name)
         if log.isEnabledFor(level):
             log.log(
                 level,
@@ -307,6 +345,11 @@ class Worker:
                     **fields,
                 },
             )
+
+    def _ran(self, task: Task) -> float:
+        """Seconds since this worker started ``task``'s attempt, on its clock."""
+        running = self._running.get(task.id)
+        return 0.0 if running is None else self.clock.now() - running.started
 
     def _cancelled_ids(self) -> set[str]:
         return {tid for tid, run in self._running.items() if run.context.cancelled}
@@ -353,11 +396,12 @@ class Worker:
         definition: TaskDefinition[Any, Any] | None = None,
     ) -> None:
         task = claim.task
+        seconds = self._ran(task)
         retry_at = None
         if retry and definition is not None and task.attempts <= task.max_retries:
             retry_at = self.queue.now() + definition.backoff.delay(task.attempts)
         if error.type == "Cancelled":
-            self._event("cancelled", logging.INFO, "task cancelled", task)
+            self._event("cancelled", logging.INFO, "task cancelled", task, seconds=seconds)
         elif retry_at is not None:
             self._event(
                 "retried",
@@ -367,6 +411,7 @@ class Worker:
                 error_type=error.type,
                 error=error.message,
                 retry_at=retry_at,
+                seconds=seconds,
             )
         else:
             self._event(
@@ -376,6 +421,7 @@ class Worker:
                 task,
                 error_type=error.type,
                 error=error.message,
+                seconds=seconds,
             )
         await self.queue._call(
             lambda: self.queue.backend.fail(

@@ -1,0 +1,244 @@
+"""Settings for the ops service, from ``BUTTRESS_*`` environment variables or ``.env``.
+
+Every setting has a safe default, so ``buttress serve`` runs with none: a SQLite
+queue in ``./buttress.db``, a memory cache, loopback only. Nested settings use
+``__`` between levels::
+
+    BUTTRESS_QUEUE_URL=sqlite:///var/lib/app/tasks.db
+    BUTTRESS_CACHE_URL=redis://127.0.0.1:6379/0
+    BUTTRESS_API_KEYS='{"k3y": {"owner": "alice", "role": "user"}}'
+    BUTTRESS_BREAKERS__OPENAI__FAILURE_THRESHOLD=3
+    BUTTRESS_RATE_LIMITS__OPENAI__RATE=50
+
+>>> settings = load_settings()            # environment + .env; ConfigurationError if invalid
+>>> settings.breakers["openai"].failure_threshold
+3
+
+An invalid value fails at start-up with a :class:`~buttress.errors.ConfigurationError`
+naming the variable to fix (``BUTTRESS_BREAKERS__OPENAI__FAILURE_THRESHOLD: Input
+should be a valid integer``), never later at the first call that needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from buttress.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from buttress.clock import Clock
+    from buttress.resilience import CircuitBreaker, RateLimiter, Registry, Retry
+
+__all__ = [
+    "ApiKey",
+    "BreakerSettings",
+    "RateLimitSettings",
+    "RetrySettings",
+    "Settings",
+    "hash_api_key",
+    "load_settings",
+]
+
+ENV_PREFIX = "BUTTRESS_"
+NESTED = "__"
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of an API key: keys are long random strings, so one round of
+    SHA-256 is enough (a slow password hash protects guessable secrets)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKey(_Strict):
+    """Who a key stands for: requests with it act as ``owner`` with ``role``."""
+
+    owner: str = Field(min_length=1, max_length=200)
+    role: Literal["admin", "user"] = "user"
+
+
+class BreakerSettings(_Strict):
+    """A :class:`~buttress.CircuitBreaker` for one dependency (see its docstring)."""
+
+    failure_threshold: int | None = Field(default=5, ge=1)
+    recovery_timeout: float = Field(default=30.0, gt=0)
+    success_threshold: int = Field(default=1, ge=1)
+    failure_rate_threshold: float | None = Field(default=None, gt=0, le=1)
+    minimum_calls: int = Field(default=10, ge=1)
+    window: int | float = Field(default=100, gt=0)
+    """Calls (``window_type="count"``, a whole number) or seconds (``"time"``)."""
+    window_type: Literal["count", "time"] = "count"
+    slow_call_duration: float | None = Field(default=None, gt=0)
+    slow_call_rate_threshold: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _whole_count_window(self) -> Self:
+        if self.window_type == "count" and self.window != int(self.window):
+            raise ValueError(f"window counts calls: a whole number, got {self.window}")
+        return self
+
+    def build(
+        self, name: str, *, registry: Registry | None = None, clock: Clock | None = None
+    ) -> CircuitBreaker:
+        from buttress.resilience import CircuitBreaker, default_registry  # noqa: PLC0415
+
+        options = self.model_dump(include=set(BreakerSettings.model_fields))
+        if self.window_type == "count":
+            options["window"] = int(self.window)
+        return CircuitBreaker(
+            name,
+            **options,
+            clock=clock,
+            registry=default_registry if registry is None else registry,
+        )
+
+
+class RetrySettings(_Strict):
+    """A :class:`~buttress.Retry` for one dependency."""
+
+    attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Literal["exponential", "linear", "constant"] = "exponential"
+    wait_initial: float = Field(default=0.1, ge=0)
+    wait_max: float = Field(default=10.0, ge=0)
+    wait_jitter: Literal["full", "equal", "decorrelated", "none"] = "full"
+    deadline: float | None = Field(default=None, gt=0)
+
+    def build(self, name: str, *, registry: Registry | None = None) -> Retry:
+        from buttress.resilience import Retry, default_registry  # noqa: PLC0415
+
+        return Retry(
+            **self.model_dump(),
+            name=name,
+            registry=default_registry if registry is None else registry,
+        )
+
+
+class RateLimitSettings(_Strict):
+    """A :class:`~buttress.RateLimiter`: ``rate`` per ``per`` seconds, bursts of ``burst``."""
+
+    rate: float = Field(gt=0)
+    per: float = Field(default=1.0, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+    def build(self, name: str, *, registry: Registry | None = None) -> RateLimiter:
+        from buttress.resilience import RateLimiter, default_registry  # noqa: PLC0415
+
+        return RateLimiter(
+            self.rate,
+            per=self.per,
+            burst=self.burst,
+            name=name,
+            registry=default_registry if registry is None else registry,
+        )
+
+
+class Settings(BaseSettings):
+    """The service's settings (see the module docstring for the variables)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",  # other BUTTRESS_* variables (a CLI's URL, say) are not ours
+        validate_default=True,
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    queue_url: str = "sqlite:///buttress.db"
+    cache_url: str = "memory://"
+    """One URL per tier after the memory L1, comma-separated: ``redis://…,memcached://…``."""
+    api_keys: dict[str, ApiKey] = Field(default_factory=dict, repr=False)
+    """Keys as given in ``BUTTRESS_API_KEYS``; held only as SHA-256 digests (see validator)."""
+    breakers: dict[str, BreakerSettings] = Field(default_factory=dict)
+    retries: dict[str, RetrySettings] = Field(default_factory=dict)
+    rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
+    api_rate_limit: RateLimitSettings | None = RateLimitSettings(rate=50, per=1.0, burst=100)
+    """Requests each principal may make to the API; ``null`` turns the limit off."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    worker: bool = True
+    """Run an in-process worker for the queue."""
+    worker_concurrency: int = Field(default=10, ge=1, le=10_000)
+    health_timeout: float = Field(default=2.0, gt=0, le=60)
+    app: str | None = None
+    """``module:attribute`` of an application's Queue whose tasks the service runs."""
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _hash_keys(cls, keys: dict[str, ApiKey]) -> dict[str, ApiKey]:
+        # Held hashed from here on: a dump, repr or traceback of the settings
+        # cannot show a usable key. A digest-looking entry is taken as already hashed.
+        hashed: dict[str, ApiKey] = {}
+        for key, principal in keys.items():
+            if len(key) < 16 and not _is_digest(key):
+                raise ValueError("API keys must be at least 16 characters (use a random token)")
+            hashed[key if _is_digest(key) else hash_api_key(key)] = principal
+        return hashed
+
+    @field_validator("cache_url")
+    @classmethod
+    def _check_cache_urls(cls, value: str) -> str:
+        for url in cache_urls(value):
+            if url.split("://", 1)[0] not in {"memory", "redis", "rediss", "memcached"}:
+                raise ValueError(
+                    f"unsupported cache URL {url!r}: use memory://, redis://, memcached://"
+                )
+        return value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _check_queue_url(cls, value: str) -> str:
+        if not value.startswith("sqlite:"):
+            raise ValueError(f"unsupported queue URL {value!r}: use sqlite:///path.db")
+        return value
+
+    @property
+    def cache_urls(self) -> list[str]:
+        return cache_urls(self.cache_url)
+
+
+def _is_digest(key: str) -> bool:
+    return len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+
+
+def cache_urls(value: str) -> list[str]:
+    """The remote tiers named by a ``cache_url`` setting (``memory://`` adds none)."""
+    urls = [part.strip() for part in value.split(",") if part.strip()]
+    return [url for url in urls if not url.startswith("memory://")] if urls else []
+
+
+def variable_name(location: tuple[int | str, ...]) -> str:
+    """The variable behind a setting's location: ``("breakers", "openai", "failure_threshold")``
+    is ``BUTTRESS_BREAKERS__OPENAI__FAILURE_THRESHOLD``."""
+    return ENV_PREFIX + NESTED.join(str(part).upper() for part in location)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise :class:`ConfigurationError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except SettingsError as exc:  # a complex value (JSON) that doesn't parse
+        found = re.search(r'field "(\w+)"', str(exc))
+        variable = variable_name((found.group(1),)) if found else ENV_PREFIX + "*"
+        raise ConfigurationError(
+            f"invalid settings: {variable}: not valid JSON", variables=[variable]
+        ) from None
+    except PydanticValidationError as exc:
+        problems = [f"{variable_name(error['loc'])}: {error['msg']}" for error in exc.errors()]
+        raise ConfigurationError(
+            "invalid settings: " + "; ".join(problems),
+            variables=[p.split(":")[0] for p in problems],
+        ) from None

@@ -1,0 +1,108 @@
+"""``/cache``: stats, keys, batches, invalidation, warming and clearing.
+
+Values are JSON here (the cache itself stores any value its serializer takes):
+a stored value that JSON can't carry is a ``serialization_error`` naming its key,
+never a mangled value. Reading
+keys needs the admin role too: a cache holds every user's data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Path, Response
+from fastapi.encoders import jsonable_encoder
+
+from buttress.cache import MISSING
+from buttress.errors import NotFoundError, SerializationError, ValidationError
+from buttress.web._auth import Admin, Caller, ServiceDep
+from buttress.web._models import (
+    CacheBatchOut,
+    CacheBatchSetIn,
+    CacheEntryOut,
+    CacheInvalidateIn,
+    CacheKeysIn,
+    CacheSetIn,
+    CacheStatsOut,
+    CountOut,
+    WarmOut,
+)
+
+router = APIRouter(prefix="/cache", tags=["cache"])
+
+Key = Path(min_length=1, max_length=512)
+
+
+def _json(key: str, value: Any) -> Any:
+    try:
+        return jsonable_encoder(value)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"the value under {key!r} is not representable as JSON", detail=repr(exc)
+        ) from exc
+
+
+@router.get("/stats")
+async def cache_stats(service: ServiceDep, _: Caller) -> CacheStatsOut:
+    """Hits, misses, errors and availability per tier, and what the cache did."""
+    return CacheStatsOut.of(service.cache.name, service.cache.stats())
+
+
+@router.get("/keys/{key}")
+async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOut:
+    value = await service.cache.get(key, MISSING)
+    if value is MISSING:
+        raise NotFoundError(resource="cache key", resource_id=key)
+    return CacheEntryOut(key=key, value=_json(key, value))
+
+
+@router.put("/keys/{key}", status_code=204)
+async def set_key(body: CacheSetIn, service: ServiceDep, _: Admin, key: str = Key) -> Response:
+    await service.cache.set(key, body.value, ttl=body.ttl, tags=body.tags or None)
+    return Response(status_code=204)
+
+
+@router.delete("/keys/{key}", status_code=204)
+async def delete_key(service: ServiceDep, _: Admin, key: str = Key) -> Response:
+    await service.cache.delete(key)
+    return Response(status_code=204)
+
+
+@router.post("/batch/get")
+async def get_many(body: CacheKeysIn, service: ServiceDep, _: Admin) -> CacheBatchOut:
+    found = await service.cache.get_many(body.keys)
+    values = {key: _json(key, value) for key, value in found.items()}
+    return CacheBatchOut(values=values, missing=[k for k in body.keys if k not in found])
+
+
+@router.post("/batch/set", status_code=204)
+async def set_many(body: CacheBatchSetIn, service: ServiceDep, _: Admin) -> Response:
+    await service.cache.set_many(body.items, ttl=body.ttl, tags=body.tags or None)
+    return Response(status_code=204)
+
+
+@router.post("/invalidate")
+async def invalidate(body: CacheInvalidateIn, service: ServiceDep, _: Admin) -> CountOut:
+    """Invalidate by tags and/or a glob pattern; the count is of pattern matches."""
+    if not body.tags and body.pattern is None:
+        raise ValidationError("give tags, a pattern, or both")
+    count = 0
+    if body.tags:
+        await service.cache.invalidate_tags(body.tags)
+    if body.pattern is not None:
+        count = await service.cache.delete_pattern(body.pattern)
+    return CountOut(count=count)
+
+
+@router.post("/warm")
+async def warm(body: CacheKeysIn, service: ServiceDep, _: Admin) -> WarmOut:
+    """Pull these keys from the remote tiers into the memory tier, ahead of traffic."""
+    found = await service.cache.get_many(body.keys)
+    return WarmOut(warmed=len(found), missing=[k for k in body.keys if k not in found])
+
+
+@router.post("/clear", status_code=204)
+async def clear(service: ServiceDep, _: Admin) -> Response:
+    """Empty every tier (in this namespace)."""
+    await service.cache.clear()
+    return Response(status_code=204)

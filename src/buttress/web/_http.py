@@ -1,0 +1,283 @@
+"""Request plumbing: request ids, Server-Timing, the body limit, metrics, problem details.
+
+One pure ASGI middleware does all of it, because each ``BaseHTTPMiddleware``
+layer costs a task and a copy of the response per request; the exception
+handlers turn every failure into RFC 9457 ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from buttress.errors import (
+    BadRequestError,
+    ButtressError,
+    FieldError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthenticatedError,
+    ValidationError,
+    to_problem,
+)
+from buttress.observability import current_request_id, reset_request_id, set_request_id
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from buttress.observability import Metrics
+
+__all__ = ["PROBLEM_JSON", "RequestMiddleware", "install_problem_handlers", "problem_response"]
+
+log = logging.getLogger("buttress.web")
+
+PROBLEM_JSON = "application/problem+json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+UNMATCHED = "<unmatched>"
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` past the limit; an HTTP exception, so FastAPI's body
+    parsing lets it through instead of turning it into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413)
+        self.limit = limit
+
+
+def problem_response(
+    exc: BaseException,
+    headers: dict[str, str] | None = None,
+    *,
+    problem: dict[str, object] | None = None,
+) -> Response:
+    """The problem details response for ``exc`` (or its ``problem``, already made),
+    with Retry-After when it has a hint."""
+    if problem is None:
+        problem = to_problem(exc, request_id=current_request_id())
+    extra = dict(headers or {})
+    if "retry_after" in problem:
+        extra["Retry-After"] = str(problem["retry_after"])
+    if isinstance(exc, UnauthenticatedError):
+        extra["WWW-Authenticate"] = 'Bearer realm="buttress"'
+    return Response(
+        json.dumps(problem, separators=(",", ":")).encode(),
+        status_code=int(str(problem["status"])),
+        media_type=PROBLEM_JSON,
+        headers=extra,
+    )
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    # ("body", "kwargs", "to") → "body.kwargs.to"; list positions as [0].
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _validation_error(exc: RequestValidationError) -> ValidationError:
+    errors = [
+        FieldError(_field_path(tuple(error.get("loc", ()))), str(error.get("msg", "invalid")))
+        for error in exc.errors()
+    ]
+    return ValidationError(errors=errors)
+
+
+def _http_error(exc: StarletteHTTPException) -> ButtressError:
+    if isinstance(exc, _BodyTooLarge):
+        return PayloadTooLargeError(max_bytes=exc.limit)
+    if exc.status_code == 404:
+        return NotFoundError("no such resource")
+    if exc.status_code == 405:
+        return MethodNotAllowedError()
+    if exc.status_code == 413:
+        return PayloadTooLargeError()
+    return BadRequestError(str(exc.detail) if exc.status_code < 500 else None)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error ``app`` raises a problem details response."""
+
+    async def on_buttress_error(request: Request, exc: Exception) -> Response:
+        return problem_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(_validation_error(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        # Keep Allow on a 405 (and whatever else the framework set).
+        return problem_response(_http_error(exc), headers=dict(exc.headers or {}))
+
+    app.add_exception_handler(ButtressError, on_buttress_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+
+class _Exchange:
+    """One request's state as it passes through :class:`RequestMiddleware`."""
+
+    __slots__ = (
+        "limit",
+        "receive",
+        "received",
+        "request_id",
+        "response_started",
+        "scope",
+        "send",
+        "started",
+        "status",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        self.scope, self.receive, self.send, self.limit = scope, receive, send, limit
+        self.started = time.perf_counter()
+        self.request_id = _request_id(scope)
+        self.status = 500
+        self.response_started = False
+        self.received = 0
+
+    async def receive_limited(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise _BodyTooLarge(self.limit)
+        return message
+
+    async def send_with_headers(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.response_started = True
+            self.status = message["status"]
+            headers = list(message.get("headers", ()))
+            headers.append((b"x-request-id", self.request_id.encode()))
+            elapsed = (time.perf_counter() - self.started) * 1000
+            headers.append((b"server-timing", f"app;dur={elapsed:.1f}".encode()))
+            extra = self.scope.get("state", {}).get("buttress_headers")
+            if extra:
+                headers.extend(extra)
+            message = {**message, "headers": headers}
+        await self.send(message)
+
+    async def refuse(self, exc: BaseException, problem: dict[str, object] | None = None) -> None:
+        """Answer with the problem for ``exc`` instead of the app's response."""
+        response = problem_response(exc, problem=problem)
+        response.headers["x-request-id"] = self.request_id
+        if isinstance(exc, PayloadTooLargeError):
+            response.headers["connection"] = "close"  # the rest of the body is not read
+        self.status = response.status_code
+        await response(self.scope, self.receive, self.send)
+
+
+class RequestMiddleware:
+    """Per request: the id (``X-Request-ID`` kept or made, bound to the logs and sent
+    back), ``Server-Timing``, the body size limit (413), HTTP metrics by route
+    template, and a problem response for any error nothing else handled."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Callable[[], Metrics | None],
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        exchange = _Exchange(scope, receive, send, self.max_body_bytes)
+        token = set_request_id(exchange.request_id)
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > exchange.limit:
+                await exchange.refuse(PayloadTooLargeError(max_bytes=exchange.limit))
+            else:
+                await self._call(exchange)
+        finally:
+            reset_request_id(token)
+            self._observe(scope, exchange.status, exchange.started)
+
+    async def _call(self, exchange: _Exchange) -> None:
+        try:
+            await self.app(exchange.scope, exchange.receive_limited, exchange.send_with_headers)
+        except _BodyTooLarge:
+            if exchange.response_started:
+                raise
+            await exchange.refuse(PayloadTooLargeError(max_bytes=exchange.limit))
+        except Exception as exc:
+            if exchange.response_started:
+                raise  # nothing sensible can be sent now; let the server close it
+            problem = to_problem(exc, request_id=exchange.request_id)
+            log.error(
+                "unhandled error",
+                exc_info=exc,
+                extra={"error_id": problem["error_id"], "path": exchange.scope.get("path")},
+            )
+            await exchange.refuse(exc, problem)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        metrics = self.metrics()
+        if metrics is None:
+            return
+        template = route_template(scope) if scope.get("route") is not None else UNMATCHED
+        metrics.observe_request(scope["method"], template, status, time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template, ``/api/v1/tasks/{task_id}``, from the path.
+
+    Rebuilt from the path parameters rather than read off the route object, so it
+    includes every prefix the route was mounted under, however the framework
+    nests routers. Labels must be templates: raw paths would grow without bound.
+    """
+    path: str = scope.get("root_path", "") + scope["path"]
+    params: dict[str, Any] = scope.get("path_params") or {}
+    if not params:
+        return path
+    segments = path.split("/")
+    for name, value in params.items():
+        text = str(value)
+        for index in range(len(segments) - 1, -1, -1):
+            if segments[index] == text:
+                segments[index] = "{" + name + "}"
+                break
+    return "/".join(segments)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break  # a malformed id (or an attempt to inject into logs) is replaced
+    return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+            return length if length >= 0 and math.isfinite(length) else None
+    return None

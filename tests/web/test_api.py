@@ -1,0 +1,612 @@
+"""The ops API over HTTP (httpx against the ASGI app): auth, ownership, every
+resource, problem details, the middleware and the API's own rate limit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from buttress.cache import Cache
+from buttress.clock import ManualClock
+from buttress.config import load_settings
+from buttress.resilience import Bulkhead, RateLimiter, Registry
+from buttress.tasks import TaskStatus, Worker
+from buttress.web import Service, create_app, install, router
+
+ADMIN = "admin-key-000000000000"
+ALICE = "alice-key-000000000000"
+BOB = "bob-key-00000000000000"
+KEYS = {
+    ADMIN: {"owner": "ops", "role": "admin"},
+    ALICE: {"owner": "alice", "role": "user"},
+    BOB: {"owner": "bob", "role": "user"},
+}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def make_service(tmp_path: Path, clock: ManualClock, **overrides: Any) -> Service:
+    settings = load_settings(
+        **{
+            "queue_url": f"sqlite:///{tmp_path}/queue.db",
+            "worker": False,
+            "api_keys": KEYS,
+            "_env_file": None,
+            **overrides,
+        }
+    )
+    service = Service(settings, registry=Registry(), clock=clock)
+
+    @service.queue.task(retries=0)
+    async def echo(x: int = 0) -> int:
+        return x
+
+    @service.queue.task(retries=0)
+    async def explode() -> None:
+        raise ConnectionError("the upstream said no")
+
+    return service
+
+
+Client = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+async def service(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Service]:
+    svc = make_service(tmp_path, clock)
+    yield svc
+    await svc.stop()
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://buttress")
+
+
+@pytest.fixture
+async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(create_app(service=service)) as c:
+        yield c
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"] == f"urn:buttress:error:{code}"
+    assert len(body["error_id"]) == 32
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return body
+
+
+async def submit(client: httpx.AsyncClient, key: str, name: str = "echo", **body: Any) -> str:
+    response = await client.post("/api/v1/tasks", json={"name": name, **body}, headers=auth(key))
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["id"]
+    return task_id
+
+
+# --- middleware and problem details ----------------------------------------------------------
+
+
+async def test_a_request_id_is_echoed_or_made_and_server_timing_is_sent(
+    client: httpx.AsyncClient,
+) -> None:
+    given = await client.get("/api/v1/health", headers={"x-request-id": "req-42.a"})
+    assert given.headers["x-request-id"] == "req-42.a"
+    assert given.headers["server-timing"].startswith("app;dur=")
+    made = await client.get("/api/v1/health")
+    assert len(made.headers["x-request-id"]) == 32
+    # An id that could forge log lines is replaced, not echoed.
+    forged = await client.get("/api/v1/health", headers={"x-request-id": "a b\tfake=1"})
+    assert forged.headers["x-request-id"] != "a b\tfake=1"
+
+
+async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/api/v1/nothing-here", headers=auth(ADMIN)), 404, "not_found")
+    wrong = await client.delete("/api/v1/health")
+    assert_problem(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "GET"
+
+
+async def test_validation_errors_name_the_field_paths(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/tasks",
+        json={"name": "echo", "priority": "urgent", "delay": -1, "extra": 1},
+        headers=auth(ALICE),
+    )
+    body = assert_problem(response, 400, "validation_failed")
+    fields = {error["field"] for error in body["errors"]}
+    assert {"body.priority", "body.delay", "body.extra"} <= fields
+    malformed = await client.post(
+        "/api/v1/tasks",
+        content=b"{not json",
+        headers={**auth(ALICE), "content-type": "application/json"},
+    )
+    assert_problem(malformed, 400, "validation_failed")
+
+
+async def test_an_unregistered_task_name_is_refused_listing_the_known_ones(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/api/v1/tasks", json={"name": "nope"}, headers=auth(ALICE))
+    body = assert_problem(response, 400, "validation_failed")
+    assert body["errors"][0]["field"] == "body.name"
+    assert "echo" in body["errors"][0]["message"]
+
+
+async def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    service = make_service(tmp_path, clock, max_body_bytes=1000)
+    async with client_for(create_app(service=service)) as client:
+        big = {"name": "echo", "metadata": {"pad": "x" * 2000}}
+        declared = await client.post("/api/v1/tasks", json=big, headers=auth(ALICE))
+        assert_problem(declared, 413, "payload_too_large")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"name": "echo", "metadata": {"pad": "'
+            for _ in range(10):
+                yield b"x" * 200
+            yield b'"}}'
+
+        streamed = await client.post("/api/v1/tasks", content=chunks(), headers=auth(ALICE))
+        assert_problem(streamed, 413, "payload_too_large")
+        assert (await service.queue.stats()).by_status.get(TaskStatus.QUEUED, 0) == 0
+    await service.stop()
+
+
+async def test_an_unhandled_error_is_a_500_problem_with_its_id_logged_not_sent(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("password=hunter2 in the database driver's message")
+
+    app.include_router(router)
+    install(app, service)
+    async with client_for(app) as client:
+        with caplog.at_level(logging.ERROR, logger="buttress.web"):
+            response = await client.get("/boom")
+    body = assert_problem(response, 500, "internal_error")
+    assert "hunter2" not in response.text
+    assert "database" not in response.text
+    logged = [r for r in caplog.records if getattr(r, "error_id", None) == body["error_id"]]
+    assert logged, "the error id returned must be findable in the logs"
+    assert logged[0].exc_info is not None
+
+
+async def test_the_router_mounts_under_a_prefix_in_another_app(service: Service) -> None:
+    app = FastAPI()
+    app.include_router(router, prefix="/ops")
+    install(app, service)
+    async with client_for(app) as client:
+        assert (await client.get("/ops/api/v1/health")).json() == {"status": "ok"}
+        listed = await client.get("/ops/api/v1/circuit-breakers", headers=auth(ADMIN))
+        assert listed.status_code == 200
+        assert_problem(await client.get("/ops/api/v1/circuit-breakers"), 401, "unauthenticated")
+
+
+# --- auth ------------------------------------------------------------------------------------
+
+
+async def test_requests_without_a_valid_key_are_401_with_a_challenge(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.get("/api/v1/tasks")
+    assert_problem(missing, 401, "unauthenticated")
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert_problem(
+        await client.get("/api/v1/tasks", headers=auth("x" * 22)), 401, "unauthenticated"
+    )
+    basic = await client.get("/api/v1/tasks", headers={"authorization": f"Basic {ALICE}"})
+    assert_problem(basic, 401, "unauthenticated")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/api/v1/circuit-breakers", {"name": "x"}),
+        ("post", "/api/v1/circuit-breakers/payments/reset", None),
+        ("post", "/api/v1/circuit-breakers/payments/force-open", None),
+        ("get", "/api/v1/cache/keys/k", None),
+        ("put", "/api/v1/cache/keys/k", {"value": 1}),
+        ("delete", "/api/v1/cache/keys/k", None),
+        ("post", "/api/v1/cache/batch/set", {"items": {"k": 1}}),
+        ("post", "/api/v1/cache/invalidate", {"tags": ["t"]}),
+        ("post", "/api/v1/cache/warm", {"keys": ["k"]}),
+        ("post", "/api/v1/cache/clear", None),
+        ("post", "/api/v1/tasks/cleanup", {"older_than": 0}),
+        ("post", "/api/v1/tasks/bulk", {"action": "delete", "status": ["queued"]}),
+        ("post", "/api/v1/dead-letters/reprocess", {}),
+    ],
+)
+async def test_mutating_ops_endpoints_need_the_admin_role(
+    client: httpx.AsyncClient, service: Service, method: str, path: str, body: Any
+) -> None:
+    service.add_breaker("payments", load_settings(_env_file=None).breakers.get("x") or _breaker())
+    await service.cache.set("k", "kept")
+    task_id = await submit(client, ALICE)
+    kwargs: dict[str, Any] = {"headers": auth(ALICE)}
+    if body is not None:
+        kwargs["json"] = body
+    assert_problem(await client.request(method, path, **kwargs), 403, "forbidden")
+    # Nothing changed.
+    assert service.breakers["payments"].state.value == "closed"
+    assert await service.cache.get("k") == "kept"
+    assert (await service.queue.get(task_id)).status is TaskStatus.QUEUED
+
+
+def _breaker() -> Any:
+    from buttress.config import BreakerSettings
+
+    return BreakerSettings()
+
+
+async def test_with_no_keys_configured_every_local_caller_is_admin(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    service = make_service(tmp_path, clock, api_keys={})
+    assert service.open_access
+    async with client_for(create_app(service=service)) as client:
+        created = await client.post("/api/v1/circuit-breakers", json={"name": "open"})
+        assert created.status_code == 201
+        task_id = await submit(client, "")
+        assert (await service.queue.get(task_id)).owner == "local"
+    await service.stop()
+
+
+def test_api_keys_are_held_hashed() -> None:
+    settings = load_settings(api_keys=KEYS, _env_file=None)
+    dumped = settings.model_dump_json() + repr(settings)
+    for key in KEYS:
+        assert key not in dumped
+    assert len(settings.api_keys) == 3
+
+
+# --- tasks and ownership -----------------------------------------------------------------------
+
+
+async def test_a_submitted_task_is_the_callers_and_answers_202(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    response = await client.post(
+        "/api/v1/tasks",
+        json={"name": "echo", "kwargs": {"x": 7}, "priority": "high", "tags": ["t1"]},
+        headers=auth(ALICE),
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert body["owner"] == "alice"
+    assert body["status"] == "queued"
+    assert body["priority"] == "high"
+    assert body["kwargs"] == {"x": 7}
+    stored = await service.queue.get(body["id"])
+    assert stored.owner == "alice"
+    assert stored.kwargs == {"x": 7}
+    fetched = await client.get(f"/api/v1/tasks/{body['id']}", headers=auth(ALICE))
+    assert fetched.json()["id"] == body["id"]
+
+
+async def test_a_user_never_sees_counts_or_changes_another_owners_task(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    alices = await submit(client, ALICE)
+    await submit(client, BOB)
+    for method, path in [
+        ("get", f"/api/v1/tasks/{alices}"),
+        ("post", f"/api/v1/tasks/{alices}/cancel"),
+        ("post", f"/api/v1/tasks/{alices}/retry"),
+    ]:
+        response = await client.request(method, path, headers=auth(BOB))
+        assert_problem(response, 404, "not_found")
+    assert (await service.queue.get(alices)).status is TaskStatus.QUEUED
+
+    listed = (await client.get("/api/v1/tasks", headers=auth(BOB))).json()["tasks"]
+    assert [t["owner"] for t in listed] == ["bob"]
+    stats = (await client.get("/api/v1/tasks/stats", headers=auth(BOB))).json()
+    assert stats["by_status"]["queued"] == 1
+    snooping = await client.get("/api/v1/tasks", params={"owner": "alice"}, headers=auth(BOB))
+    assert_problem(snooping, 403, "forbidden")
+    everyone = (await client.get("/api/v1/tasks", headers=auth(ADMIN))).json()["tasks"]
+    assert sorted(t["owner"] for t in everyone) == ["alice", "bob"]
+    just_alice = await client.get("/api/v1/tasks", params={"owner": "alice"}, headers=auth(ADMIN))
+    assert [t["id"] for t in just_alice.json()["tasks"]] == [alices]
+
+
+async def test_listing_filters_and_pages(client: httpx.AsyncClient) -> None:
+    ids = [await submit(client, ALICE, priority="low") for _ in range(3)]
+    high = await submit(client, ALICE, priority="high")
+    first = (await client.get("/api/v1/tasks", params={"limit": 2}, headers=auth(ALICE))).json()
+    assert len(first["tasks"]) == 2
+    rest = await client.get(
+        "/api/v1/tasks", params={"limit": 2, "cursor": first["cursor"]}, headers=auth(ALICE)
+    )
+    seen = [t["id"] for t in first["tasks"] + rest.json()["tasks"]]
+    assert sorted(seen) == sorted([*ids, high])
+    only_high = await client.get("/api/v1/tasks", params={"priority": "high"}, headers=auth(ALICE))
+    assert [t["id"] for t in only_high.json()["tasks"]] == [high]
+
+
+async def test_cancel_and_retry_act_on_the_callers_task(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    task_id = await submit(client, ALICE)
+    retry_queued = await client.post(f"/api/v1/tasks/{task_id}/retry", headers=auth(ALICE))
+    assert_problem(retry_queued, 409, "conflict")
+    cancelled = await client.post(f"/api/v1/tasks/{task_id}/cancel", headers=auth(ALICE))
+    assert cancelled.json()["status"] == "cancelled"
+    retried = await client.post(f"/api/v1/tasks/{task_id}/retry", headers=auth(ALICE))
+    assert retried.json()["status"] == "queued"
+    assert (await service.queue.get(task_id)).status is TaskStatus.QUEUED
+
+
+async def test_dead_letters_are_listed_per_owner_and_reprocessed_by_an_admin(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    dead = await submit(client, ALICE, name="explode")
+    await submit(client, BOB, name="explode")
+    await Worker(service.queue, signals=False).run(until_empty=True)
+    letters = (await client.get("/api/v1/dead-letters", headers=auth(ALICE))).json()["tasks"]
+    assert [t["id"] for t in letters] == [dead]
+    assert letters[0]["error"]["type"] == "ConnectionError"
+    stats = (await client.get("/api/v1/tasks/stats", headers=auth(ADMIN))).json()
+    assert stats["dead_letters"] == [
+        {"name": "explode", "error_type": "ConnectionError", "count": 2}
+    ]
+    again = await client.post(
+        "/api/v1/dead-letters/reprocess", json={"ids": [dead]}, headers=auth(ADMIN)
+    )
+    assert again.json() == {"action": "reprocess", "count": 1, "ids": [dead]}
+    assert (await service.queue.get(dead)).status is TaskStatus.QUEUED
+
+
+async def test_bulk_actions_and_cleanup(client: httpx.AsyncClient, service: Service) -> None:
+    ids = [await submit(client, ALICE) for _ in range(3)]
+    refused = await client.post(
+        "/api/v1/tasks/bulk", json={"action": "cancel"}, headers=auth(ADMIN)
+    )
+    assert_problem(refused, 400, "validation_failed")
+    cancelled = await client.post(
+        "/api/v1/tasks/bulk",
+        json={"action": "cancel", "owner": "alice", "status": ["queued"]},
+        headers=auth(ADMIN),
+    )
+    assert cancelled.json()["count"] == 3
+    assert sorted(cancelled.json()["ids"]) == sorted(ids)
+    retried = await client.post(
+        "/api/v1/tasks/bulk", json={"action": "retry", "ids": ids[:1]}, headers=auth(ADMIN)
+    )
+    assert retried.json()["ids"] == ids[:1]
+    cleaned = await client.post(
+        "/api/v1/tasks/cleanup",
+        json={"older_than": 0, "statuses": ["cancelled"]},
+        headers=auth(ADMIN),
+    )
+    assert cleaned.json() == {"count": 2}
+    deleted = await client.post(
+        "/api/v1/tasks/bulk", json={"action": "delete", "ids": ids[:1]}, headers=auth(ADMIN)
+    )
+    assert deleted.json()["count"] == 1
+    assert (await service.queue.list()).tasks == ()
+
+
+# --- resilience --------------------------------------------------------------------------------
+
+
+async def test_breakers_are_listed_registered_reset_and_forced_open(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    created = await client.post(
+        "/api/v1/circuit-breakers",
+        json={"name": "payments", "failure_threshold": 2},
+        headers=auth(ADMIN),
+    )
+    assert created.status_code == 201
+    assert created.json()["state"] == "closed"
+    again = await client.post(
+        "/api/v1/circuit-breakers", json={"name": "payments"}, headers=auth(ADMIN)
+    )
+    assert_problem(again, 409, "already_exists")
+    breaker = service.breakers["payments"]
+    forced = await client.post("/api/v1/circuit-breakers/payments/force-open", headers=auth(ADMIN))
+    assert forced.json()["state"] == "open"
+    assert forced.json()["retry_after"] is None  # forced: until reset
+    assert breaker.state.value == "open"
+    listed = await client.get("/api/v1/circuit-breakers", headers=auth(ALICE))
+    assert [(b["name"], b["state"]) for b in listed.json()] == [("payments", "open")]
+    reset = await client.post("/api/v1/circuit-breakers/payments/reset", headers=auth(ADMIN))
+    assert reset.json()["state"] == "closed"
+    assert breaker.state.value == "closed"
+    missing = await client.get("/api/v1/circuit-breakers/nope", headers=auth(ALICE))
+    assert_problem(missing, 404, "not_found")
+
+
+async def test_breakers_from_settings_are_registered_at_start(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    service = make_service(tmp_path, clock, breakers={"openai": {"failure_threshold": 3}})
+    async with client_for(create_app(service=service)) as client:
+        got = await client.get("/api/v1/circuit-breakers/openai", headers=auth(ALICE))
+        assert got.status_code == 200
+        assert got.json()["name"] == "openai"
+    await service.stop()
+
+
+async def test_bulkheads_and_rate_limiters_are_listed(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    bulkhead = Bulkhead(3, max_queue=1, name="db", registry=service.registry)
+    limiter = RateLimiter(5, per=1, name="outbound", registry=service.registry)
+    limiter.try_acquire("k")
+    bulkheads = (await client.get("/api/v1/bulkheads", headers=auth(ALICE))).json()
+    assert bulkheads == [
+        {"name": "db", "max_concurrent": 3, "max_queue": 1, "active": 0, "queued": 0, "rejected": 0}
+    ]
+    limiters = (await client.get("/api/v1/rate-limiters", headers=auth(ALICE))).json()
+    outbound = next(item for item in limiters if item["name"] == "outbound")
+    assert outbound["allowed"] == 1
+    del bulkhead, limiter
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+async def test_cache_keys_batches_invalidation_warming_and_clearing(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    admin = auth(ADMIN)
+    put = await client.put(
+        "/api/v1/cache/keys/user:1", json={"value": {"n": 1}, "tags": ["users"]}, headers=admin
+    )
+    assert put.status_code == 204
+    assert await service.cache.get("user:1") == {"n": 1}
+    got = await client.get("/api/v1/cache/keys/user:1", headers=admin)
+    assert got.json() == {"key": "user:1", "value": {"n": 1}}
+    assert_problem(await client.get("/api/v1/cache/keys/none", headers=admin), 404, "not_found")
+
+    await client.post(
+        "/api/v1/cache/batch/set", json={"items": {"user:2": 2, "item:1": "a"}}, headers=admin
+    )
+    batch = await client.post(
+        "/api/v1/cache/batch/get", json={"keys": ["user:2", "item:1", "gone"]}, headers=admin
+    )
+    assert batch.json() == {"values": {"user:2": 2, "item:1": "a"}, "missing": ["gone"]}
+
+    by_tag = await client.post("/api/v1/cache/invalidate", json={"tags": ["users"]}, headers=admin)
+    assert by_tag.status_code == 200
+    assert await service.cache.get("user:1") is None
+    by_pattern = await client.post(
+        "/api/v1/cache/invalidate", json={"pattern": "user:*"}, headers=admin
+    )
+    assert by_pattern.json() == {"count": 1}
+    assert await service.cache.get("user:2") is None
+    assert await service.cache.get("item:1") == "a"
+    empty = await client.post("/api/v1/cache/invalidate", json={}, headers=admin)
+    assert_problem(empty, 400, "validation_failed")
+
+    warmed = await client.post("/api/v1/cache/warm", json={"keys": ["item:1", "x"]}, headers=admin)
+    assert warmed.json() == {"warmed": 1, "missing": ["x"]}
+    deleted = await client.delete("/api/v1/cache/keys/item:1", headers=admin)
+    assert deleted.status_code == 204
+    assert await service.cache.get("item:1") is None
+
+    await service.cache.set("left", 1)
+    assert (await client.post("/api/v1/cache/clear", headers=admin)).status_code == 204
+    assert await service.cache.get("left") is None
+
+    stats = (await client.get("/api/v1/cache/stats", headers=auth(ALICE))).json()
+    assert stats["tiers"][0]["name"] == "memory"
+    assert stats["tiers"][0]["hits"] >= 2
+
+
+# --- health and metrics --------------------------------------------------------------------------
+
+
+async def test_readiness_is_200_when_healthy_or_degraded_and_503_when_the_queue_is_dead(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    ready = await client.get("/api/v1/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "healthy"
+    assert set(ready.json()["components"]) == {"queue", "cache", "breakers"}
+
+    service.add_breaker("payments", _breaker()).force_open()
+    degraded = await client.get("/api/v1/health/ready")
+    assert degraded.status_code == 200
+    assert degraded.json()["status"] == "degraded"
+    assert degraded.json()["components"]["breakers"]["status"] == "degraded"
+
+    service.queue.backend.close()
+    dead = await client.get("/api/v1/health/ready")
+    assert dead.status_code == 503
+    assert dead.json()["status"] == "unhealthy"
+    assert dead.json()["components"]["queue"]["status"] == "unhealthy"
+    live = await client.get("/api/v1/health")
+    assert live.status_code == 200  # the process still answers
+
+
+async def test_readiness_is_degraded_when_the_redis_tier_is_lost(
+    tmp_path: Path, clock: ManualClock, fresh_redis: Any
+) -> None:
+    cache = Cache.from_url(fresh_redis.url, name="ops")
+    service = Service(
+        load_settings(queue_url=f"sqlite:///{tmp_path}/q.db", worker=False, _env_file=None),
+        cache=cache,
+        registry=Registry(),
+    )
+    async with client_for(create_app(service=service)) as client:
+        assert (await client.get("/api/v1/health/ready")).json()["status"] == "healthy"
+        fresh_redis.kill()
+        report = (await client.get("/api/v1/health/ready")).json()
+        assert report["status"] == "degraded"
+        assert report["components"]["cache"]["status"] == "degraded"
+    await service.stop()
+
+
+async def test_metrics_count_requests_by_route_template(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    task_id = await submit(client, ALICE)
+    await client.get(f"/api/v1/tasks/{task_id}", headers=auth(ALICE))
+    await client.get("/api/v1/tasks/another-id", headers=auth(ALICE))
+    await client.get("/no/such/route")
+    text = (await client.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    by_route = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "buttress_http_requests_total"
+    }
+    get_task = (("method", "GET"), ("route", "/api/v1/tasks/{task_id}"), ("status", "200"))
+    assert by_route[get_task] == 1
+    missing = (("method", "GET"), ("route", "/api/v1/tasks/{task_id}"), ("status", "404"))
+    assert by_route[missing] == 1
+    assert not any(task_id in dict(labels)["route"] for labels in by_route)
+    assert any(dict(labels)["route"] == "<unmatched>" for labels in by_route)
+    queued = ("buttress_queue_tasks", (("queue", "default"), ("status", "queued")))
+    assert samples[queued] == 1
+
+
+# --- the API's own rate limit --------------------------------------------------------------
+
+
+async def test_each_principal_is_rate_limited_with_ratelimit_headers(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    service = make_service(tmp_path, clock, api_rate_limit={"rate": 1, "per": 1, "burst": 2})
+    async with client_for(create_app(service=service)) as client:
+        first = await client.get("/api/v1/circuit-breakers", headers=auth(ALICE))
+        assert first.headers["ratelimit-limit"] == "2"
+        assert first.headers["ratelimit-remaining"] == "1"
+        await client.get("/api/v1/circuit-breakers", headers=auth(ALICE))
+        limited = await client.get("/api/v1/circuit-breakers", headers=auth(ALICE))
+        body = assert_problem(limited, 429, "rate_limited")
+        assert limited.headers["retry-after"] == "1"
+        assert limited.headers["ratelimit-remaining"] == "0"
+        assert body["retry_after"] == 1
+        # Another principal has its own allowance; time gives Alice hers back.
+        assert (await client.get("/api/v1/circuit-breakers", headers=auth(BOB))).status_code == 200
+        clock.advance(1.0)
+        assert (
+            await client.get("/api/v1/circuit-breakers", headers=auth(ALICE))
+        ).status_code == 200
+    await service.stop()
+
