@@ -41,7 +41,9 @@ def test_nested_variables_configure_each_dependency(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BUTTRESS_BREAKERS__OPENAI__RECOVERY_TIMEOUT", "12.5")
     monkeypatch.setenv("BUTTRESS_RETRIES__OPENAI__ATTEMPTS", "5")
     monkeypatch.setenv("BUTTRESS_RATE_LIMITS__OPENAI__RATE", "50")
-    monkeypatch.setenv("BUTTRESS_CACHE_URL", "redis://127.0.0.1:6379/0, memcached://127.0.0.1:11211")
+    monkeypatch.setenv(
+        "BUTTRESS_CACHE_URL", "redis://127.0.0.1:6379/0, memcached://127.0.0.1:11211"
+    )
     settings = load_settings()
     assert settings.breakers["openai"].failure_threshold == 3
     assert settings.breakers["openai"].recovery_timeout == 12.5
@@ -116,6 +118,6 @@ def test_a_count_window_must_be_whole() -> None:
 
 
 def test_settings_are_frozen() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1  # type: ignore[misc]
