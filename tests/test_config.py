@@ -118,6 +118,6 @@ def test_a_count_window_must_be_whole() -> None:
 
 
 def test_settings_are_frozen() -> None:
-    settings = Settings(_env_file=None)
+    settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
-        settings.port = 1  # type: ignore[misc]
+        settings.port = 1
