@@ -3,6 +3,7 @@ resource, problem details, the middleware and the API's own rate limit."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -610,3 +611,15 @@ async def test_each_principal_is_rate_limited_with_ratelimit_headers(
         ).status_code == 200
     await service.stop()
 
+
+async def test_values_json_cannot_carry_are_shown_not_a_500(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    task = await service.queue.enqueue("echo", b"\xff\x00", when, owner="alice")
+    shown = await client.get(f"/api/v1/tasks/{task.id}", headers=auth(ALICE))
+    assert shown.status_code == 200
+    assert shown.json()["args"] == ["_wA=", "2026-01-02T03:04:05Z"]  # URL-safe base64
+    await service.cache.set("raw", {"blob": b"\xff", "n": float("inf")})
+    cached = await client.get("/api/v1/cache/keys/raw", headers=auth(ADMIN))
+    assert cached.json()["value"] == {"blob": "_w==", "n": None}

@@ -1,20 +1,17 @@
 """``/cache``: stats, keys, batches, invalidation, warming and clearing.
 
 Values are JSON here (the cache itself stores any value its serializer takes):
-a stored value that JSON can't carry is a ``serialization_error`` naming its key,
-never a mangled value. Reading
+a stored value JSON can't carry is shown in its JSON form (bytes as URL-safe base64,
+datetimes as ISO 8601, other objects as their repr). Reading
 keys needs the admin role too: a cache holds every user's data.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Path, Response
-from fastapi.encoders import jsonable_encoder
 
 from buttress.cache import MISSING
-from buttress.errors import NotFoundError, SerializationError, ValidationError
+from buttress.errors import NotFoundError, ValidationError
 from buttress.web._auth import Admin, Caller, ServiceDep
 from buttress.web._models import (
     CacheBatchOut,
@@ -26,20 +23,12 @@ from buttress.web._models import (
     CacheStatsOut,
     CountOut,
     WarmOut,
+    json_safe,
 )
 
 router = APIRouter(prefix="/cache", tags=["cache"])
 
 Key = Path(min_length=1, max_length=512)
-
-
-def _json(key: str, value: Any) -> Any:
-    try:
-        return jsonable_encoder(value)
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"the value under {key!r} is not representable as JSON", detail=repr(exc)
-        ) from exc
 
 
 @router.get("/stats")
@@ -53,7 +42,7 @@ async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOu
     value = await service.cache.get(key, MISSING)
     if value is MISSING:
         raise NotFoundError(resource="cache key", resource_id=key)
-    return CacheEntryOut(key=key, value=_json(key, value))
+    return CacheEntryOut(key=key, value=json_safe(value))
 
 
 @router.put("/keys/{key}", status_code=204)
@@ -71,7 +60,7 @@ async def delete_key(service: ServiceDep, _: Admin, key: str = Key) -> Response:
 @router.post("/batch/get")
 async def get_many(body: CacheKeysIn, service: ServiceDep, _: Admin) -> CacheBatchOut:
     found = await service.cache.get_many(body.keys)
-    values = {key: _json(key, value) for key, value in found.items()}
+    values = {key: json_safe(value) for key, value in found.items()}
     return CacheBatchOut(values=values, missing=[k for k in body.keys if k not in found])
 
 

@@ -6,6 +6,7 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_jsonable_python
 
 from buttress.cache import TieredStats
 from buttress.config import BreakerSettings
@@ -23,6 +24,13 @@ class Body(BaseModel):
     """A request body: unknown fields are refused, so a typo is an error, not a no-op."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON, whatever the application stored: bytes as URL-safe base64,
+    datetimes as ISO 8601, non-finite floats as null, unknown objects as their repr.
+    Never raises, so one odd value can't turn a listing into a 500."""
+    return to_jsonable_python(value, bytes_mode="base64", inf_nan_mode="null", fallback=repr)
 
 
 def _finite(value: float | None) -> float | None:
@@ -262,10 +270,10 @@ class TaskOut(BaseModel):
             owner=task.owner,
             attempts=task.attempts,
             max_retries=task.max_retries,
-            args=list(task.args),
-            kwargs=dict(task.kwargs),
+            args=json_safe(list(task.args)),
+            kwargs=json_safe(task.kwargs),
             tags=list(task.tags),
-            metadata=dict(task.metadata),
+            metadata=json_safe(task.metadata),
             progress=task.progress.fraction,
             progress_message=task.progress.message,
             # A task's error is its owner's to read, but its traceback stays in the logs.
