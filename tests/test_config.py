@@ -121,3 +121,12 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1
+
+
+def test_the_api_rate_limit_can_be_turned_off_or_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUTTRESS_API_RATE_LIMIT", "null")
+    assert load_settings().api_rate_limit is None
+    monkeypatch.setenv("BUTTRESS_API_RATE_LIMIT", '{"rate": 5, "burst": 10}')
+    limit = load_settings().api_rate_limit
+    assert limit is not None
+    assert (limit.rate, limit.per, limit.burst) == (5, 1.0, 10)

@@ -151,6 +151,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",  # other BUTTRESS_* variables (a CLI's URL, say) are not ours
         validate_default=True,
+        env_parse_none_str="null",
         frozen=True,
     )
 
