@@ -108,3 +108,35 @@ def test_public_classes_say_they_live_in_the_public_module() -> None:
 def test_version_is_a_string() -> None:
     """buttress.__version__ is the package version."""
     assert buttress.__version__.count(".") >= 2
+
+
+@pytest.mark.parametrize(
+    ("package", "privates"),
+    [
+        ("buttress.observability", ["_logging", "_metrics", "_health"]),
+        ("buttress.web", ["_app", "_service"]),
+    ],
+)
+def test_ops_packages_reexport_their_modules_and_all_resolves(
+    package: str, privates: list[str]
+) -> None:
+    public = importlib.import_module(package)
+    names = list(public.__all__)
+    assert sorted(names, key=lambda n: (not n.isupper(), not n[0].isupper(), n)) == names
+    for name in names:
+        assert hasattr(public, name), name
+    for private in privates:
+        module = importlib.import_module(f"{package}.{private}")
+        assert set() == set(module.__all__) - set(names), private
+
+
+def test_the_service_contract_is_importable() -> None:
+    """DESIGN.md: create_app(settings), a router any FastAPI app includes, and settings."""
+    from fastapi import APIRouter
+
+    from buttress.config import Settings, load_settings
+    from buttress.web import create_app, router
+
+    assert isinstance(router, APIRouter)
+    assert callable(create_app)
+    assert isinstance(load_settings(_env_file=None), Settings)

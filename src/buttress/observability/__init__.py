@@ -12,6 +12,7 @@ pieces.
 from buttress.observability._health import (
     ComponentHealth,
     Health,
+    HealthCheck,
     HealthReport,
     HealthStatus,
     breakers_check,
@@ -33,6 +34,7 @@ __all__ = [
     "REDACTED",
     "ComponentHealth",
     "Health",
+    "HealthCheck",
     "HealthReport",
     "HealthStatus",
     "Metrics",
