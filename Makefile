@@ -25,7 +25,7 @@ servers:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SERVER_PACKAGES); }
 
 run: $(STAMP)
-	$(BIN)/buttress demo
+	$(BIN)/buttress serve --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

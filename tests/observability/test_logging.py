@@ -112,6 +112,18 @@ def test_stdlib_extra_that_collides_with_a_line_key_is_kept_apart() -> None:
     assert "reaped" == line["extra_event"]
 
 
+def test_uvicorns_coloured_copy_of_the_message_is_dropped() -> None:
+    """uvicorn logs its message twice, once with terminal colour codes: the line has it once."""
+    stream = configure()
+    logging.getLogger("uvicorn.error").info(
+        "Started server process", extra={"color_message": "\x1b[36mStarted\x1b[0m"}
+    )
+
+    [line] = lines(stream)
+    assert "Started server process" == line["event"]
+    assert "color_message" not in line
+
+
 def test_positional_arguments_are_formatted_for_structlog_loggers() -> None:
     """`log.info("a %s", x)` is formatted as stdlib logging would."""
     stream = configure()

@@ -284,10 +284,14 @@ def _add_extra(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     if not isinstance(record, logging.LogRecord):
         return event_dict
     for key, value in record.__dict__.items():
-        if key in _RECORD_ATTRIBUTES or key.startswith("_"):
+        if key in _RECORD_ATTRIBUTES or key in _NOISE or key.startswith("_"):
             continue
         event_dict[f"extra_{key}" if key in event_dict else key] = value
     return event_dict
+
+
+# uvicorn adds the message again with terminal colour codes; the line has it once.
+_NOISE = frozenset({"color_message"})
 
 
 # --- configuration -------------------------------------------------------------------

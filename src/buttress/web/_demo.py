@@ -47,7 +47,7 @@ __all__ = ["DEMO_OWNER", "DEMO_PHASES", "DemoService", "DemoWorkload"]
 log = logging.getLogger("buttress.demo")
 
 DEMO_OWNER = "demo"
-CYCLE_SECONDS = 60.0
+CYCLE_SECONDS = 40.0
 """One healthy → degrading → outage → recovery cycle of the upstream."""
 CLIENTS = 3
 KEYS = 40
