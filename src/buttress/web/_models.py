@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
@@ -11,7 +12,7 @@ from pydantic_core import to_jsonable_python
 from buttress.cache import TieredStats
 from buttress.config import BreakerSettings
 from buttress.errors import redact
-from buttress.resilience import BulkheadMetrics, CircuitMetrics, RateLimiterMetrics
+from buttress.resilience import CircuitMetrics
 from buttress.tasks import Priority, QueueStats, Task, TaskStatus
 
 PriorityName = Literal["critical", "high", "normal", "low", "bulk"]
@@ -31,6 +32,12 @@ def json_safe(value: Any) -> Any:
     datetimes as ISO 8601, non-finite floats as null, unknown objects as their repr.
     Never raises, so one odd value can't turn a listing into a 500."""
     return to_jsonable_python(value, bytes_mode="base64", inf_nan_mode="null", fallback=repr)
+
+
+class Snapshot(BaseModel):
+    """A response read off a primitive's metrics dataclass, field by field."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
 def _finite(value: float | None) -> float | None:
@@ -79,7 +86,7 @@ class BreakerIn(BreakerSettings):
     name: str = Name
 
 
-class BulkheadOut(BaseModel):
+class BulkheadOut(Snapshot):
     name: str
     max_concurrent: int
     max_queue: int
@@ -87,19 +94,8 @@ class BulkheadOut(BaseModel):
     queued: int
     rejected: int
 
-    @classmethod
-    def of(cls, m: BulkheadMetrics) -> BulkheadOut:
-        return cls(
-            name=m.name,
-            max_concurrent=m.max_concurrent,
-            max_queue=m.max_queue,
-            active=m.active,
-            queued=m.queued,
-            rejected=m.rejected,
-        )
 
-
-class RateLimiterOut(BaseModel):
+class RateLimiterOut(Snapshot):
     name: str
     rate: float
     per: float
@@ -108,23 +104,11 @@ class RateLimiterOut(BaseModel):
     rejected: int
     keys: int
 
-    @classmethod
-    def of(cls, m: RateLimiterMetrics) -> RateLimiterOut:
-        return cls(
-            name=m.name,
-            rate=m.rate,
-            per=m.per,
-            burst=m.burst,
-            allowed=m.allowed,
-            rejected=m.rejected,
-            keys=m.keys,
-        )
-
 
 # --- cache -------------------------------------------------------------------------------
 
 
-class TierOut(BaseModel):
+class TierOut(Snapshot):
     name: str
     hits: int
     misses: int
@@ -146,32 +130,12 @@ class CacheStatsOut(BaseModel):
     write_behind_failures: int
 
     @classmethod
-    def of(cls, name: str, s: TieredStats) -> CacheStatsOut:
-        return cls(
-            name=name,
-            tiers=[
-                TierOut(
-                    name=t.name,
-                    hits=t.hits,
-                    misses=t.misses,
-                    errors=t.errors,
-                    calls=t.calls,
-                    latency_seconds=t.latency_seconds,
-                    available=t.available,
-                )
-                for t in s.tiers
-            ],
-            loads=s.loads,
-            load_errors=s.load_errors,
-            stale_served=s.stale_served,
-            coalesced=s.coalesced,
-            refreshes=s.refreshes,
-            write_behind_pending=s.write_behind_pending,
-            write_behind_failures=s.write_behind_failures,
-        )
+    def of(cls, name: str, stats: TieredStats) -> CacheStatsOut:
+        return cls.model_validate({**dataclasses.asdict(stats), "name": name})
 
 
-CacheKey = Field(min_length=1, max_length=512)
+CacheKey = Annotated[str, Field(min_length=1, max_length=512)]
+Tag = Annotated[str, Field(min_length=1, max_length=200)]
 Tags: Any = Field(default_factory=list, max_length=100)
 Ttl = Field(default=None, gt=0, le=31_536_000, description="Seconds; null: the cache's default")
 
@@ -184,11 +148,11 @@ class CacheEntryOut(BaseModel):
 class CacheSetIn(Body):
     value: Any
     ttl: float | None = Ttl
-    tags: list[str] = Tags
+    tags: list[Tag] = Tags
 
 
 class CacheKeysIn(Body):
-    keys: list[str] = Field(min_length=1, max_length=1000)
+    keys: list[CacheKey] = Field(min_length=1, max_length=1000)
 
 
 class CacheBatchOut(BaseModel):
@@ -197,15 +161,15 @@ class CacheBatchOut(BaseModel):
 
 
 class CacheBatchSetIn(Body):
-    items: dict[str, Any] = Field(min_length=1, max_length=1000)
+    items: dict[CacheKey, Any] = Field(min_length=1, max_length=1000)
     ttl: float | None = Ttl
-    tags: list[str] = Tags
+    tags: list[Tag] = Tags
 
 
 class CacheInvalidateIn(Body):
     """Give tags, a glob pattern (``user:*``), or both."""
 
-    tags: list[str] = Tags
+    tags: list[Tag] = Tags
     pattern: str | None = Field(default=None, min_length=1, max_length=512)
 
 
@@ -227,7 +191,7 @@ class TaskIn(Body):
     kwargs: dict[str, Any] = Field(default_factory=dict, max_length=1000)
     priority: PriorityName | None = None
     delay: float | None = Field(default=None, ge=0, le=31_536_000)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
     metadata: dict[str, Any] = Field(default_factory=dict, max_length=100)
     dedup_key: str | None = Field(default=None, min_length=1, max_length=200)
     retries: int | None = Field(default=None, ge=0, le=100)

@@ -58,9 +58,11 @@ async def force_open_breaker(service: ServiceDep, _: Admin, name: str = BreakerN
 
 @router.get("/bulkheads", tags=["resilience"])
 async def list_bulkheads(service: ServiceDep, _: Caller) -> list[BulkheadOut]:
-    return [BulkheadOut.of(b.metrics()) for b in service.registry.of_type(Bulkhead)]
+    return [BulkheadOut.model_validate(b.metrics()) for b in service.registry.of_type(Bulkhead)]
 
 
 @router.get("/rate-limiters", tags=["resilience"])
 async def list_rate_limiters(service: ServiceDep, _: Caller) -> list[RateLimiterOut]:
-    return [RateLimiterOut.of(r.metrics()) for r in service.registry.of_type(RateLimiter)]
+    return [
+        RateLimiterOut.model_validate(r.metrics()) for r in service.registry.of_type(RateLimiter)
+    ]
