@@ -15,7 +15,8 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner, Result
 
-from buttress.cli import _is_loopback, app
+from buttress._cli.serve import _is_loopback
+from buttress.cli import app
 from buttress.config import load_settings
 from buttress.tasks import Backoff, Queue, TaskStatus, Worker
 from buttress.web import Service, create_app

@@ -1,0 +1,1 @@
+"""The ``buttress`` command's subcommands, one module each; ``buttress.cli`` assembles them."""
