@@ -7,6 +7,8 @@ handlers turn every failure into RFC 9457 ``application/problem+json``.
 
 from __future__ import annotations
 
+import functools
+import http
 import json
 import logging
 import math
@@ -24,12 +26,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from buttress.errors import (
     BadRequestError,
     ButtressError,
+    Category,
+    ConflictError,
     FieldError,
+    ForbiddenError,
+    GoneError,
+    InternalError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    PreconditionFailedError,
+    RateLimitedError,
     UnauthenticatedError,
+    UnavailableError,
+    UnsupportedMediaTypeError,
     ValidationError,
+    classify_status,
     to_problem,
 )
 from buttress.observability import current_request_id, reset_request_id, set_request_id
@@ -96,16 +108,61 @@ def _validation_error(exc: RequestValidationError) -> ValidationError:
     return ValidationError(errors=errors)
 
 
+# The error a framework HTTP exception stands for, by status; others get a class of
+# their own (below), so a host app's 409 or 503 keeps its status through install().
+_BY_STATUS: dict[int, type[ButtressError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequestError,
+        UnauthenticatedError,
+        ForbiddenError,
+        NotFoundError,
+        MethodNotAllowedError,
+        ConflictError,
+        GoneError,
+        PreconditionFailedError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        RateLimitedError,
+        InternalError,
+        UnavailableError,
+    )
+}
+
+
+@functools.cache
+def _error_class(status: int) -> type[ButtressError]:
+    known = _BY_STATUS.get(status)
+    if known is not None:
+        return known
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    attributes = {
+        "code": f"http_{status}",
+        "status": status,
+        "title": phrase,
+        "default_message": phrase.lower(),
+        "severity": classify_status(status),
+        "category": Category.INTERNAL if status >= 500 else Category.VALIDATION,
+    }
+    return type(f"Http{status}Error", (ButtressError,), attributes)
+
+
 def _http_error(exc: StarletteHTTPException) -> ButtressError:
     if isinstance(exc, _BodyTooLarge):
         return PayloadTooLargeError(max_bytes=exc.limit)
     if exc.status_code == 404:
         return NotFoundError("no such resource")
-    if exc.status_code == 405:
-        return MethodNotAllowedError()
-    if exc.status_code == 413:
-        return PayloadTooLargeError()
-    return BadRequestError(str(exc.detail) if exc.status_code < 500 else None)
+    cls = _error_class(exc.status_code)
+    phrase = http.HTTPStatus(exc.status_code).phrase if exc.status_code in _PHRASES else None
+    # A 4xx detail was written for the client; a 5xx detail stays in the logs.
+    shown = str(exc.detail) if exc.status_code < 500 and exc.detail != phrase else None
+    return cls(shown, detail=None if shown else str(exc.detail))
+
+
+_PHRASES = frozenset(status.value for status in http.HTTPStatus)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
