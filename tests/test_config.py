@@ -130,3 +130,13 @@ def test_the_api_rate_limit_can_be_turned_off_or_tuned(monkeypatch: pytest.Monke
     limit = load_settings().api_rate_limit
     assert limit is not None
     assert (limit.rate, limit.per, limit.burst) == (5, 1.0, 10)
+
+
+def test_a_key_may_be_given_already_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sha256:<digest>`` keeps the key itself out of the environment entirely."""
+    digest = hash_api_key("a-long-random-token-0123")
+    monkeypatch.setenv("BUTTRESS_API_KEYS", f'{{"sha256:{digest}": {{"owner": "ops"}}}}')
+    assert list(load_settings().api_keys) == [digest]
+    monkeypatch.setenv("BUTTRESS_API_KEYS", '{"sha256:abc": {"owner": "ops"}}')
+    with pytest.raises(ConfigurationError, match="64 lowercase hex"):
+        load_settings()

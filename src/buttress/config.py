@@ -23,17 +23,32 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING, Any, Literal, Self
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from buttress.errors import ConfigurationError
+from buttress.resilience import (
+    CircuitBreaker,
+    RateLimiter,
+    Registry,
+    Retry,
+    default_registry,
+)
 
 if TYPE_CHECKING:
     from buttress.clock import Clock
-    from buttress.resilience import CircuitBreaker, RateLimiter, Registry, Retry
 
 __all__ = [
     "ApiKey",
@@ -47,6 +62,7 @@ __all__ = [
 
 ENV_PREFIX = "BUTTRESS_"
 NESTED = "__"
+PREHASHED = "sha256:"
 
 
 def hash_api_key(key: str) -> str:
@@ -56,7 +72,26 @@ def hash_api_key(key: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/nan: "inf" parses as a float, and no setting here means forever.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _Buildable(Protocol):
+    def build(self, name: str, *, registry: Registry | None = ...) -> object: ...
+
+
+_B = TypeVar("_B", bound=_Buildable)
+
+
+def _checked(settings: _B) -> _B:
+    """Settings the primitive itself accepts: its own checks (a rule to open on,
+    a slow-call rate with a duration, ...) run once, here, so a bad combination
+    fails at start-up naming its variable, not later in the service."""
+    try:
+        settings.build("settings-check", registry=None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(str(exc).removeprefix("CircuitBreaker('settings-check'): ")) from None
+    return settings
 
 
 class ApiKey(_Strict):
@@ -74,32 +109,30 @@ class BreakerSettings(_Strict):
     success_threshold: int = Field(default=1, ge=1)
     failure_rate_threshold: float | None = Field(default=None, gt=0, le=1)
     minimum_calls: int = Field(default=10, ge=1)
+    window_type: Literal["count", "time"] = "count"
     window: int | float = Field(default=100, gt=0)
     """Calls (``window_type="count"``, a whole number) or seconds (``"time"``)."""
-    window_type: Literal["count", "time"] = "count"
     slow_call_duration: float | None = Field(default=None, gt=0)
     slow_call_rate_threshold: float | None = Field(default=None, gt=0, le=1)
 
+    @field_validator("window")
+    @classmethod
+    def _whole_count_window(cls, window: float, info: ValidationInfo) -> float:
+        if info.data.get("window_type", "count") == "count" and window != int(window):
+            raise ValueError(f"window counts calls: a whole number, got {window}")
+        return window
+
     @model_validator(mode="after")
-    def _whole_count_window(self) -> Self:
-        if self.window_type == "count" and self.window != int(self.window):
-            raise ValueError(f"window counts calls: a whole number, got {self.window}")
-        return self
+    def _buildable(self) -> Self:
+        return _checked(self)
 
     def build(
-        self, name: str, *, registry: Registry | None = None, clock: Clock | None = None
+        self, name: str, *, registry: Registry | None = default_registry, clock: Clock | None = None
     ) -> CircuitBreaker:
-        from buttress.resilience import CircuitBreaker, default_registry  # noqa: PLC0415
-
         options = self.model_dump(include=set(BreakerSettings.model_fields))
         if self.window_type == "count":
             options["window"] = int(self.window)
-        return CircuitBreaker(
-            name,
-            **options,
-            clock=clock,
-            registry=default_registry if registry is None else registry,
-        )
+        return CircuitBreaker(name, **options, clock=clock, registry=registry)
 
 
 class RetrySettings(_Strict):
@@ -112,14 +145,12 @@ class RetrySettings(_Strict):
     wait_jitter: Literal["full", "equal", "decorrelated", "none"] = "full"
     deadline: float | None = Field(default=None, gt=0)
 
-    def build(self, name: str, *, registry: Registry | None = None) -> Retry:
-        from buttress.resilience import Retry, default_registry  # noqa: PLC0415
+    @model_validator(mode="after")
+    def _buildable(self) -> Self:
+        return _checked(self)
 
-        return Retry(
-            **self.model_dump(),
-            name=name,
-            registry=default_registry if registry is None else registry,
-        )
+    def build(self, name: str, *, registry: Registry | None = default_registry) -> Retry:
+        return Retry(**self.model_dump(), name=name, registry=registry)
 
 
 class RateLimitSettings(_Strict):
@@ -129,16 +160,12 @@ class RateLimitSettings(_Strict):
     per: float = Field(default=1.0, gt=0)
     burst: int | None = Field(default=None, ge=1)
 
-    def build(self, name: str, *, registry: Registry | None = None) -> RateLimiter:
-        from buttress.resilience import RateLimiter, default_registry  # noqa: PLC0415
+    @model_validator(mode="after")
+    def _buildable(self) -> Self:
+        return _checked(self)
 
-        return RateLimiter(
-            self.rate,
-            per=self.per,
-            burst=self.burst,
-            name=name,
-            registry=default_registry if registry is None else registry,
-        )
+    def build(self, name: str, *, registry: Registry | None = default_registry) -> RateLimiter:
+        return RateLimiter(self.rate, per=self.per, burst=self.burst, name=name, registry=registry)
 
 
 class Settings(BaseSettings):
@@ -181,12 +208,19 @@ class Settings(BaseSettings):
     @classmethod
     def _hash_keys(cls, keys: dict[str, ApiKey]) -> dict[str, ApiKey]:
         # Held hashed from here on: a dump, repr or traceback of the settings
-        # cannot show a usable key. A digest-looking entry is taken as already hashed.
+        # cannot show a usable key. "sha256:<hex digest>" gives one already hashed,
+        # so the key itself need not be in the environment at all.
         hashed: dict[str, ApiKey] = {}
         for key, principal in keys.items():
-            if len(key) < 16 and not _is_digest(key):
+            digest = key.removeprefix(PREHASHED)
+            if key.startswith(PREHASHED):
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise ValueError("a 'sha256:' key must be followed by 64 lowercase hex digits")
+            elif len(key) < 16:
                 raise ValueError("API keys must be at least 16 characters (use a random token)")
-            hashed[key if _is_digest(key) else hash_api_key(key)] = principal
+            else:
+                digest = hash_api_key(key)
+            hashed[digest] = principal
         return hashed
 
     @field_validator("cache_url")
@@ -211,10 +245,6 @@ class Settings(BaseSettings):
         return cache_urls(self.cache_url)
 
 
-def _is_digest(key: str) -> bool:
-    return len(key) == 64 and all(c in "0123456789abcdef" for c in key)
-
-
 def cache_urls(value: str) -> list[str]:
     """The remote tiers named by a ``cache_url`` setting (``memory://`` adds none)."""
     urls = [part.strip() for part in value.split(",") if part.strip()]
@@ -223,8 +253,40 @@ def cache_urls(value: str) -> list[str]:
 
 def variable_name(location: tuple[int | str, ...]) -> str:
     """The variable behind a setting's location: ``("breakers", "openai", "failure_threshold")``
-    is ``BUTTRESS_BREAKERS__OPENAI__FAILURE_THRESHOLD``."""
-    return ENV_PREFIX + NESTED.join(str(part).upper() for part in location)
+    is ``BUTTRESS_BREAKERS__OPENAI__FAILURE_THRESHOLD``.
+
+    The location is walked along the models' fields, so what pydantic adds to it
+    (a union member such as ``int``, a validator's name) is left out, and an API
+    key, which names its entry, is never spelled out.
+    """
+    parts: list[str] = []
+    model: type[BaseModel] | None = Settings
+    keyed: type[BaseModel] | None = None  # the model of a dict's values, next part its key
+    for part in location:
+        if keyed is not None:
+            parts.append("<KEY>" if parts == ["api_keys"] else str(part))
+            model, keyed = keyed, None
+        elif model is not None and isinstance(part, str) and part in model.model_fields:
+            parts.append(part)
+            model, keyed = _nested(model.model_fields[part].annotation)
+        # else: a union member or validator tag, not part of any variable's name
+    return ENV_PREFIX + NESTED.join(part.upper() for part in parts)
+
+
+def _nested(annotation: Any) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """(the model a field holds, the model a dict field's values are) for ``annotation``."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        value = typing.get_args(annotation)[1]
+        return None, value if isinstance(value, type) and issubclass(value, BaseModel) else None
+    if origin in (typing.Union, types.UnionType):
+        for member in typing.get_args(annotation):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member, None
+        return None, None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, None
+    return None, None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -238,8 +300,10 @@ def load_settings(**overrides: Any) -> Settings:
             f"invalid settings: {variable}: not valid JSON", variables=[variable]
         ) from None
     except PydanticValidationError as exc:
-        problems = [f"{variable_name(error['loc'])}: {error['msg']}" for error in exc.errors()]
+        problems: dict[str, str] = {}  # one line per variable: a union fails once per member
+        for error in exc.errors():
+            problems.setdefault(variable_name(error["loc"]), error["msg"])
         raise ConfigurationError(
-            "invalid settings: " + "; ".join(problems),
-            variables=[p.split(":")[0] for p in problems],
+            "invalid settings: " + "; ".join(f"{name}: {msg}" for name, msg in problems.items()),
+            variables=list(problems),
         ) from None
