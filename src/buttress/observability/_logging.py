@@ -59,11 +59,15 @@ _SECRET_KEY_WORDS = (
     "passphrase",
     "pwd",
     "secret",
+    "secrets",
+    "passwords",
     "token",
     "apikey",
+    "apikeys",
     "cookie",
     "cookies",
     "privatekey",
+    "privatekeys",
     "accesskey",
     "credential",
     "credentials",
@@ -208,6 +212,13 @@ class RedactSecrets:
                     for key, item in value.items()
                 }
             items = [self._scrub(item, depth + 1, seen) for item in value]
+            if (
+                len(items) == 2
+                and isinstance(value, tuple | list)
+                and self._is_secret_name(value[0])
+            ):
+                # A (name, value) pair, as headers travel in ASGI scopes and httpx.
+                items[1] = REDACTED
             if isinstance(value, list):
                 return items
             if isinstance(value, tuple):
@@ -215,6 +226,11 @@ class RedactSecrets:
             return set(items)  # a set or frozenset: every scrubbed item is hashable
         finally:
             seen.discard(id(value))
+
+    def _is_secret_name(self, name: object) -> bool:
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        return isinstance(name, str) and len(name) <= 100 and self.is_secret_key(name)
 
     def _scrub_key(self, key: object, depth: int, seen: set[int]) -> object:
         # Keys can be data too, such as a mapping of URL -> status. The result

@@ -433,9 +433,11 @@ class Queue:
             await self.clock.sleep_async(max(wait, 0.0))
             pause = min(pause * 2, 0.5)  # poll quickly at first, then gently
 
-    async def dead_letters(self, *, owner: str | None = None, limit: int = 100) -> Page:
+    async def dead_letters(
+        self, *, owner: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page:
         """The dead-letter queue: tasks that ran out of attempts or could not run."""
-        return await self.list(owner=owner, status=TaskStatus.DEAD, limit=limit)
+        return await self.list(owner=owner, status=TaskStatus.DEAD, cursor=cursor, limit=limit)
 
     async def stats(self, *, owner: str | None = None) -> QueueStats:
         return await self._call(functools.partial(self.backend.stats, owner=owner, now=self.now()))

@@ -294,29 +294,33 @@ class RequestMiddleware:
         metrics = self.metrics()
         if metrics is None:
             return
-        template = route_template(scope) if scope.get("route") is not None else UNMATCHED
-        metrics.observe_request(scope["method"], template, status, time.perf_counter() - started)
+        method = scope["method"]
+        metrics.observe_request(
+            method if method in _METHODS else "OTHER",  # clients may send any token
+            route_template(scope),
+            status,
+            time.perf_counter() - started,
+        )
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's template, ``/api/v1/tasks/{task_id}``, from the path.
+    """The matched route's template, ``/api/v1/tasks/{task_id}``; ``<unmatched>`` if none.
 
-    Rebuilt from the path parameters rather than read off the route object, so it
-    includes every prefix the route was mounted under, however the framework
-    nests routers. Labels must be templates: raw paths would grow without bound.
+    Labels must be templates: raw paths would grow the series without bound. The
+    route knows its own template, but not always the prefixes it was included or
+    mounted under, so those are taken from the front of the path.
     """
-    path: str = scope.get("root_path", "") + scope["path"]
-    params: dict[str, Any] = scope.get("path_params") or {}
-    if not params:
-        return path
-    segments = path.split("/")
-    for name, value in params.items():
-        text = str(value)
-        for index in range(len(segments) - 1, -1, -1):
-            if segments[index] == text:
-                segments[index] = "{" + name + "}"
-                break
-    return "/".join(segments)
+    template = getattr(scope.get("route"), "path_format", None)
+    if not isinstance(template, str):
+        return UNMATCHED
+    own = template.count("/")
+    segments = scope["path"].split("/")
+    if ":path}" in template or len(segments) <= own:
+        return template  # a {x:path} parameter spans segments: no prefix to recover
+    return "/".join(segments[: len(segments) - own]) + template
 
 
 def _request_id(scope: Scope) -> str:

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
 from buttress.cache import TieredStats
@@ -31,7 +31,33 @@ def json_safe(value: Any) -> Any:
     """``value`` as plain JSON, whatever the application stored: bytes as URL-safe base64,
     datetimes as ISO 8601, non-finite floats as null, unknown objects as their repr.
     Never raises, so one odd value can't turn a listing into a 500."""
-    return to_jsonable_python(value, bytes_mode="base64", inf_nan_mode="null", fallback=repr)
+    try:
+        return to_jsonable_python(value, bytes_mode="base64", inf_nan_mode="null", fallback=repr)
+    except Exception:  # too deep to render, say: shown as a marker, not a 500
+        return UNREPRESENTABLE
+
+
+UNREPRESENTABLE = "<value not representable as JSON>"
+MAX_DEPTH = 32
+
+
+def _shallow(value: Any) -> Any:
+    """Refuse JSON nested deeper than ``MAX_DEPTH``: every reader of it would pay."""
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, list | dict)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return value
+    raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+
+
+JsonValue = Annotated[Any, AfterValidator(_shallow)]
+"""Any JSON a client sends, within a sane nesting depth."""
 
 
 class Snapshot(BaseModel):
@@ -146,7 +172,7 @@ class CacheEntryOut(BaseModel):
 
 
 class CacheSetIn(Body):
-    value: Any
+    value: JsonValue
     ttl: float | None = Ttl
     tags: list[Tag] = Tags
 
@@ -161,7 +187,7 @@ class CacheBatchOut(BaseModel):
 
 
 class CacheBatchSetIn(Body):
-    items: dict[CacheKey, Any] = Field(min_length=1, max_length=1000)
+    items: dict[CacheKey, JsonValue] = Field(min_length=1, max_length=1000)
     ttl: float | None = Ttl
     tags: list[Tag] = Tags
 
@@ -187,12 +213,12 @@ class WarmOut(BaseModel):
 
 class TaskIn(Body):
     name: str = Field(min_length=1, max_length=200)
-    args: list[Any] = Field(default_factory=list, max_length=1000)
-    kwargs: dict[str, Any] = Field(default_factory=dict, max_length=1000)
+    args: list[JsonValue] = Field(default_factory=list, max_length=1000)
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict, max_length=1000)
     priority: PriorityName | None = None
     delay: float | None = Field(default=None, ge=0, le=31_536_000)
     tags: list[Tag] = Field(default_factory=list, max_length=50)
-    metadata: dict[str, Any] = Field(default_factory=dict, max_length=100)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, max_length=100)
     dedup_key: str | None = Field(default=None, min_length=1, max_length=200)
     retries: int | None = Field(default=None, ge=0, le=100)
     timeout: float | None = Field(default=None, gt=0, le=86_400)

@@ -7,13 +7,14 @@ can't be probed). Admins see every task, and may narrow to one ``owner``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from buttress.errors import FieldError as Field_
 from buttress.errors import ForbiddenError, ValidationError
-from buttress.tasks import Queue, TaskStatus
+from buttress.tasks import Page, Queue, TaskStatus
 from buttress.web._auth import Admin, Caller, Principal, ServiceDep
 from buttress.web._models import (
     BulkIn,
@@ -49,6 +50,14 @@ def _check_task_name(queue: Queue, name: str) -> None:
         raise ValidationError(
             errors=[Field_("body.name", f"no task {name!r} is registered (registered: {known})")]
         )
+
+
+async def _page(listing: Awaitable[Page]) -> TaskPageOut:
+    try:
+        page = await listing
+    except ValueError as exc:  # a cursor that isn't one of ours
+        raise ValidationError(errors=[Field_("query.cursor", str(exc))]) from exc
+    return TaskPageOut(tasks=[TaskOut.of(t) for t in page.tasks], cursor=page.cursor)
 
 
 @router.post("/tasks", status_code=202)
@@ -88,8 +97,8 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> TaskPageOut:
     """The caller's tasks, newest first (an admin's: everyone's, or ``owner``'s)."""
-    try:
-        page = await service.queue.list(
+    return await _page(
+        service.queue.list(
             owner=_scope(caller, owner),
             status=status,
             priority=priority,
@@ -98,9 +107,7 @@ async def list_tasks(
             cursor=cursor,
             limit=limit,
         )
-    except ValueError as exc:  # a cursor that isn't one of ours
-        raise ValidationError(errors=[Field_("query.cursor", str(exc))]) from exc
-    return TaskPageOut(tasks=[TaskOut.of(t) for t in page.tasks], cursor=page.cursor)
+    )
 
 
 @router.get("/tasks/stats")
@@ -163,11 +170,13 @@ async def dead_letters(
     service: ServiceDep,
     caller: Caller,
     owner: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> TaskPageOut:
     """Tasks that ran out of attempts (the caller's own)."""
-    page = await service.queue.dead_letters(owner=_scope(caller, owner), limit=limit)
-    return TaskPageOut(tasks=[TaskOut.of(t) for t in page.tasks], cursor=page.cursor)
+    return await _page(
+        service.queue.dead_letters(owner=_scope(caller, owner), cursor=cursor, limit=limit)
+    )
 
 
 @router.post("/dead-letters/reprocess")
