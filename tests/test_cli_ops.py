@@ -15,9 +15,8 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner, Result
 
-from buttress._cli.serve import _is_loopback
 from buttress.cli import app
-from buttress.config import load_settings
+from buttress.config import is_loopback, load_settings
 from buttress.tasks import Backoff, Queue, TaskStatus, Worker
 from buttress.web import Service, create_app
 from servers import free_port
@@ -274,7 +273,7 @@ def test_a_public_host_without_api_keys_is_refused(clean_env: Path) -> None:
     ],
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
-    assert loopback == _is_loopback(host)
+    assert loopback == is_loopback(host)
 
 
 # --- through a running service ----------------------------------------------------------------

@@ -22,6 +22,7 @@ should be a valid integer``), never later at the first call that needs it.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import types
 import typing
@@ -57,6 +58,7 @@ __all__ = [
     "RetrySettings",
     "Settings",
     "hash_api_key",
+    "is_loopback",
     "load_settings",
 ]
 
@@ -243,6 +245,19 @@ class Settings(BaseSettings):
     @property
     def cache_urls(self) -> list[str]:
         return cache_urls(self.cache_url)
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine can reach: 127.0.0.0/8, ::1, localhost."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cache_urls(value: str) -> list[str]:

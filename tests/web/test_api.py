@@ -623,3 +623,48 @@ async def test_values_json_cannot_carry_are_shown_not_a_500(
     await service.cache.set("raw", {"blob": b"\xff", "n": float("inf")})
     cached = await client.get("/api/v1/cache/keys/raw", headers=auth(ADMIN))
     assert cached.json()["value"] == {"blob": "_w==", "n": None}
+
+
+async def test_failed_authentication_is_charged_to_the_client_address(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    service = make_service(tmp_path, clock, api_rate_limit={"rate": 1, "per": 1, "burst": 2})
+    async with client_for(create_app(service=service)) as client:
+        for _ in range(2):
+            guess = await client.get("/api/v1/tasks", headers=auth("guess-" + "0" * 20))
+            assert_problem(guess, 401, "unauthenticated")
+        throttled = await client.get("/api/v1/tasks", headers=auth("guess-" + "1" * 20))
+        assert_problem(throttled, 429, "rate_limited")
+        # The right key still works: its owner has an allowance of its own.
+        assert (await client.get("/api/v1/tasks", headers=auth(ALICE))).status_code == 200
+    await service.stop()
+
+
+async def test_with_no_keys_only_local_callers_are_served(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    service = make_service(tmp_path, clock, api_keys={})
+    app = create_app(service=service)
+    remote = httpx.ASGITransport(app=app, client=("203.0.113.7", 5000))
+    async with httpx.AsyncClient(transport=remote, base_url="http://buttress") as client:
+        assert_problem(await client.get("/api/v1/tasks"), 403, "forbidden")
+    local = httpx.ASGITransport(app=app, client=("::1", 5000))
+    async with httpx.AsyncClient(transport=local, base_url="http://buttress") as client:
+        assert (await client.get("/api/v1/tasks")).status_code == 200
+    await service.stop()
+
+
+async def test_cache_keys_may_hold_slashes(client: httpx.AsyncClient, service: Service) -> None:
+    admin = auth(ADMIN)
+    put = await client.put("/api/v1/cache/keys/users/42/profile", json={"value": 1}, headers=admin)
+    assert put.status_code == 204
+    assert await service.cache.get("users/42/profile") == 1
+    got = await client.get("/api/v1/cache/keys/users/42/profile", headers=admin)
+    assert got.json() == {"key": "users/42/profile", "value": 1}
+
+
+async def test_a_stopped_service_does_not_start_again(service: Service) -> None:
+    await service.stop()
+    await service.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="stopped"):
+        await service.start()

@@ -18,21 +18,6 @@ if TYPE_CHECKING:
     from buttress.web import Service
 
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def _is_loopback(host: str) -> bool:
-    """True for a host only this machine can reach: 127.0.0.0/8, ::1, localhost."""
-    import ipaddress  # noqa: PLC0415 - see the module docstring
-
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _base_url(host: str, port: int) -> str:
     """Where a browser on this machine reaches a service listening on ``host``."""
     wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -117,7 +102,7 @@ def serve(
     """
     import signal  # noqa: PLC0415 - see the module docstring
 
-    from buttress.config import load_settings  # noqa: PLC0415
+    from buttress.config import is_loopback, load_settings  # noqa: PLC0415
     from buttress.errors import ConfigurationError  # noqa: PLC0415
 
     given: dict[str, Any] = {
@@ -133,7 +118,7 @@ def serve(
         settings = load_settings(**{k: v for k, v in given.items() if v is not None})
     except ConfigurationError as exc:
         _fail(str(exc), code=2)
-    if not settings.api_keys and not _is_loopback(settings.host):
+    if not settings.api_keys and not is_loopback(settings.host):
         _fail(
             f"refusing to listen on {settings.host}: no API keys are configured, so every "
             "caller would act as an admin. Set BUTTRESS_API_KEYS (JSON, like "

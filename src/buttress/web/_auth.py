@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from buttress.config import hash_api_key
+from buttress.config import hash_api_key, is_loopback
 from buttress.errors import ForbiddenError, RateLimitedError, UnauthenticatedError
 from buttress.web._service import Service
 
@@ -48,9 +48,16 @@ async def get_service(request: Request) -> Service:
     return service
 
 
-def authenticate(service: Service, authorization: str | None) -> Principal:
-    """The principal an ``Authorization: Bearer <key>`` header stands for."""
+def authenticate(
+    service: Service, authorization: str | None, client: str | None = None
+) -> Principal:
+    """The principal an ``Authorization: Bearer <key>`` header from ``client`` stands for."""
     if service.open_access:
+        # Everyone is admin, so only this machine may ask, however the app is served.
+        if client is not None and not is_loopback(client):
+            raise ForbiddenError(
+                "no API keys are configured: only local callers may use this service"
+            )
         return LOCAL
     if not authorization:
         raise UnauthenticatedError("send an API key in the Authorization header, as a Bearer token")
@@ -70,11 +77,11 @@ def authenticate(service: Service, authorization: str | None) -> Principal:
     return Principal(found.owner, found.role)
 
 
-def _limit(request: Request, service: Service, principal: Principal) -> None:
+def _limit(request: Request, service: Service, key: str) -> None:
     limiter, limit = service.api_limiter, service.settings.api_rate_limit
     if limiter is None or limit is None:
         return
-    decision = limiter.decide(principal.owner)
+    decision = limiter.decide(key)
     window = decision.limit * limit.per / limit.rate  # a full burst refills in this long
     request.state.buttress_headers = [
         (b"ratelimit-limit", str(decision.limit).encode()),
@@ -89,9 +96,18 @@ def _limit(request: Request, service: Service, principal: Principal) -> None:
 async def current_principal(
     request: Request, service: Annotated[Service, Depends(get_service)]
 ) -> Principal:
-    """Authenticate the request and charge it to the caller's rate limit."""
-    principal = authenticate(service, request.headers.get("authorization"))
-    _limit(request, service, principal)
+    """Authenticate the request and charge it to the caller's rate limit.
+
+    A request that fails to authenticate is charged to its client address, so
+    guessing keys is as slow as the limit.
+    """
+    client = request.client.host if request.client else None
+    try:
+        principal = authenticate(service, request.headers.get("authorization"), client)
+    except UnauthenticatedError:
+        _limit(request, service, f"client:{client}")
+        raise
+    _limit(request, service, f"owner:{principal.owner}")
     return principal
 
 

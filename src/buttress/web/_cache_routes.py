@@ -37,7 +37,7 @@ async def cache_stats(service: ServiceDep, _: Caller) -> CacheStatsOut:
     return CacheStatsOut.of(service.cache.name, service.cache.stats())
 
 
-@router.get("/keys/{key}")
+@router.get("/keys/{key:path}")
 async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOut:
     value = await service.cache.get(key, MISSING)
     if value is MISSING:
@@ -45,13 +45,13 @@ async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOu
     return CacheEntryOut(key=key, value=json_safe(value))
 
 
-@router.put("/keys/{key}", status_code=204)
+@router.put("/keys/{key:path}", status_code=204)
 async def set_key(body: CacheSetIn, service: ServiceDep, _: Admin, key: str = Key) -> Response:
     await service.cache.set(key, body.value, ttl=body.ttl, tags=body.tags or None)
     return Response(status_code=204)
 
 
-@router.delete("/keys/{key}", status_code=204)
+@router.delete("/keys/{key:path}", status_code=204)
 async def delete_key(service: ServiceDep, _: Admin, key: str = Key) -> Response:
     await service.cache.delete(key)
     return Response(status_code=204)

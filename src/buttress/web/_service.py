@@ -88,6 +88,7 @@ class Service:
         self.health.add("breakers", breakers_check(self.registry))
         self.worker: Worker | None = None
         self._worker_run: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def open_access(self) -> bool:
@@ -102,6 +103,8 @@ class Service:
 
     async def start(self) -> None:
         """Start the in-process worker (if the settings want one)."""
+        if self._stopped:
+            raise RuntimeError("this service was stopped (its stores are closed): make a new one")
         if self.settings.worker and self._worker_run is None:
             self.worker = Worker(
                 self.queue, concurrency=self.settings.worker_concurrency, signals=False
@@ -111,6 +114,9 @@ class Service:
 
     async def stop(self) -> None:
         """Stop the worker (running tasks get its grace period), then close the stores."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.worker is not None and self._worker_run is not None:
             self.worker.stop()
             try:
