@@ -82,7 +82,7 @@ class Service:
         self.metrics = Metrics(self.registry)
         self.metrics.watch_cache(self.cache)
         self.metrics.watch_queue(self.queue)
-        self.health = Health(timeout=self.settings.health_timeout)
+        self.health = Health(timeout=self.settings.health_timeout, clock=clock)
         self.health.add("queue", queue_check(self.queue), critical=True)
         self.health.add("cache", cache_check(self.cache))
         self.health.add("breakers", breakers_check(self.registry))
