@@ -45,6 +45,7 @@ bench: $(STAMP) servers
 	$(BIN)/python benchmarks/cache_memory.py
 	$(BIN)/python benchmarks/cache_redis.py
 	$(BIN)/python benchmarks/tasks.py
+	$(BIN)/python benchmarks/service.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -17,86 +17,21 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import FastAPI
 
 from buttress._version import __version__
 from buttress.config import Settings
-from buttress.observability import HealthStatus, Metrics
-from buttress.web import _cache_routes, _resilience_routes, _task_routes
-from buttress.web._auth import ServiceDep
-from buttress.web._http import PROBLEM_JSON, RequestMiddleware, install_problem_handlers
-from buttress.web._models import ComponentOut, LiveOut, ProblemOut, ReadyOut
+from buttress.observability import Metrics
+
+# Imported for their endpoints, which join the router in this order.
+from buttress.web import _cache_routes, _resilience_routes, _task_routes  # noqa: F401
+from buttress.web._http import RequestMiddleware, install_problem_handlers
+from buttress.web._router import router
 from buttress.web._service import Service
 
 __all__ = ["create_app", "install", "router"]
 
 log = logging.getLogger("buttress.web")
-
-_PROBLEM: dict[str, Any] = {
-    "model": ProblemOut,
-    "description": "RFC 9457 problem details",
-    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemOut"}}},
-}
-# Declared for every operation, so the schema tells clients (and schemathesis)
-# what an error looks like; it also stands in for FastAPI's own 422 shape.
-_ERRORS: dict[int | str, dict[str, Any]] = {"4XX": _PROBLEM, "5XX": _PROBLEM}
-
-api = APIRouter(prefix="/api/v1", responses=_ERRORS)
-api.include_router(_resilience_routes.router)
-api.include_router(_cache_routes.router)
-api.include_router(_task_routes.router)
-
-
-@api.get("/health", tags=["health"])
-async def liveness() -> LiveOut:
-    """Liveness: the process answers. No dependencies are checked (see ``/health/ready``)."""
-    return LiveOut(status="ok")
-
-
-@api.get(
-    "/health/ready",
-    tags=["health"],
-    responses={503: {"model": ReadyOut, "description": "A critical component is down"}},
-)
-async def readiness(service: ServiceDep, response: Response) -> ReadyOut:
-    """Readiness: every component checked at once; 503 when the service can't work."""
-    report = await service.health.check()
-    if report.status is HealthStatus.UNHEALTHY:
-        response.status_code = 503
-    return ReadyOut(
-        status=report.status.value,
-        components={
-            name: ComponentOut(
-                status=c.status.value,
-                latency_seconds=c.latency_seconds,
-                detail=c.detail,
-                error=c.error,
-            )
-            for name, c in report.components.items()
-        },
-    )
-
-
-metrics_router = APIRouter()
-
-
-@metrics_router.get(
-    "/metrics",
-    tags=["health"],
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-)
-async def metrics(service: ServiceDep) -> Response:
-    """Prometheus text exposition of every primitive, cache, queue and route."""
-    await service.metrics.refresh()
-    body, content_type = service.metrics.render()
-    return Response(body, media_type=content_type)
-
-
-router = APIRouter()
-"""Everything: ``/api/v1/...`` and ``/metrics``. Include it, then :func:`install`."""
-router.include_router(api)
-router.include_router(metrics_router)
 
 
 def install(app: FastAPI, service: Service | None = None) -> None:

@@ -8,7 +8,9 @@ keys needs the admin role too: a cache holds every user's data.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, Response
+from enum import Enum
+
+from fastapi import Path, Response
 
 from buttress.cache import MISSING
 from buttress.errors import NotFoundError, ValidationError
@@ -25,19 +27,21 @@ from buttress.web._models import (
     WarmOut,
     json_safe,
 )
+from buttress.web._router import API, router
 
-router = APIRouter(prefix="/cache", tags=["cache"])
+TAGS: list[str | Enum] = ["cache"]
+CACHE = API + "/cache"
 
 Key = Path(min_length=1, max_length=512)
 
 
-@router.get("/stats")
+@router.get(CACHE + "/stats", tags=TAGS)
 async def cache_stats(service: ServiceDep, _: Caller) -> CacheStatsOut:
     """Hits, misses, errors and availability per tier, and what the cache did."""
     return CacheStatsOut.of(service.cache.name, service.cache.stats())
 
 
-@router.get("/keys/{key:path}")
+@router.get(CACHE + "/keys/{key:path}", tags=TAGS)
 async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOut:
     value = await service.cache.get(key, MISSING)
     if value is MISSING:
@@ -45,32 +49,32 @@ async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOu
     return CacheEntryOut(key=key, value=json_safe(value))
 
 
-@router.put("/keys/{key:path}", status_code=204)
+@router.put(CACHE + "/keys/{key:path}", tags=TAGS, status_code=204)
 async def set_key(body: CacheSetIn, service: ServiceDep, _: Admin, key: str = Key) -> Response:
     await service.cache.set(key, body.value, ttl=body.ttl, tags=body.tags or None)
     return Response(status_code=204)
 
 
-@router.delete("/keys/{key:path}", status_code=204)
+@router.delete(CACHE + "/keys/{key:path}", tags=TAGS, status_code=204)
 async def delete_key(service: ServiceDep, _: Admin, key: str = Key) -> Response:
     await service.cache.delete(key)
     return Response(status_code=204)
 
 
-@router.post("/batch/get")
+@router.post(CACHE + "/batch/get", tags=TAGS)
 async def get_many(body: CacheKeysIn, service: ServiceDep, _: Admin) -> CacheBatchOut:
     found = await service.cache.get_many(body.keys)
     values = {key: json_safe(value) for key, value in found.items()}
     return CacheBatchOut(values=values, missing=[k for k in body.keys if k not in found])
 
 
-@router.post("/batch/set", status_code=204)
+@router.post(CACHE + "/batch/set", tags=TAGS, status_code=204)
 async def set_many(body: CacheBatchSetIn, service: ServiceDep, _: Admin) -> Response:
     await service.cache.set_many(body.items, ttl=body.ttl, tags=body.tags or None)
     return Response(status_code=204)
 
 
-@router.post("/invalidate")
+@router.post(CACHE + "/invalidate", tags=TAGS)
 async def invalidate(body: CacheInvalidateIn, service: ServiceDep, _: Admin) -> CountOut:
     """Invalidate by tags and/or a glob pattern; the count is of pattern matches."""
     if not body.tags and body.pattern is None:
@@ -83,14 +87,14 @@ async def invalidate(body: CacheInvalidateIn, service: ServiceDep, _: Admin) -> 
     return CountOut(count=count)
 
 
-@router.post("/warm")
+@router.post(CACHE + "/warm", tags=TAGS)
 async def warm(body: CacheKeysIn, service: ServiceDep, _: Admin) -> WarmOut:
     """Pull these keys from the remote tiers into the memory tier, ahead of traffic."""
     found = await service.cache.get_many(body.keys)
     return WarmOut(warmed=len(found), missing=[k for k in body.keys if k not in found])
 
 
-@router.post("/clear", status_code=204)
+@router.post(CACHE + "/clear", tags=TAGS, status_code=204)
 async def clear(service: ServiceDep, _: Admin) -> Response:
     """Empty every tier (in this namespace)."""
     await service.cache.clear()

@@ -161,6 +161,7 @@ class CacheStatsOut(BaseModel):
 
 
 CacheKey = Annotated[str, Field(min_length=1, max_length=512)]
+TaskIdItem = Annotated[str, Field(min_length=1, max_length=64)]
 Tag = Annotated[str, Field(min_length=1, max_length=200)]
 Tags: Any = Field(default_factory=list, max_length=100)
 Ttl = Field(default=None, gt=0, le=31_536_000, description="Seconds; null: the cache's default")
@@ -331,7 +332,7 @@ class QueueStatsOut(BaseModel):
 
 
 class ReprocessIn(Body):
-    ids: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    ids: list[TaskIdItem] | None = Field(default=None, min_length=1, max_length=10_000)
     name: str | None = Field(default=None, min_length=1, max_length=200)
 
 
@@ -347,7 +348,7 @@ class BulkIn(Body):
     """A bulk action on ``ids``, or on every task matching the filter (one is required)."""
 
     action: Literal["cancel", "retry", "delete"]
-    ids: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    ids: list[TaskIdItem] | None = Field(default=None, min_length=1, max_length=10_000)
     status: list[StatusName] | None = Field(default=None, min_length=1)
     name: str | None = Field(default=None, min_length=1, max_length=200)
     tag: str | None = Field(default=None, min_length=1, max_length=200)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from fastapi import Path
 
 from buttress.errors import AlreadyExistsError, NotFoundError
 from buttress.resilience import Bulkhead, CircuitBreaker, RateLimiter
 from buttress.web._auth import Admin, Caller, ServiceDep
 from buttress.web._models import BreakerIn, BreakerOut, BulkheadOut, RateLimiterOut
-
-router = APIRouter()
+from buttress.web._router import API, router
 
 BreakerName = Path(min_length=1, max_length=200)
 
@@ -21,13 +20,13 @@ def _breaker(service: ServiceDep, name: str) -> CircuitBreaker:
     return breaker
 
 
-@router.get("/circuit-breakers", tags=["resilience"])
+@router.get(API + "/circuit-breakers", tags=["resilience"])
 async def list_breakers(service: ServiceDep, _: Caller) -> list[BreakerOut]:
     """Every registered circuit breaker, by name."""
     return [BreakerOut.of(b.metrics()) for b in service.registry.of_type(CircuitBreaker)]
 
 
-@router.post("/circuit-breakers", status_code=201, tags=["resilience"])
+@router.post(API + "/circuit-breakers", status_code=201, tags=["resilience"])
 async def register_breaker(body: BreakerIn, service: ServiceDep, _: Admin) -> BreakerOut:
     """Register a breaker from configuration; 409 if the name is taken."""
     if service.registry.get(body.name, CircuitBreaker) is not None:
@@ -35,12 +34,12 @@ async def register_breaker(body: BreakerIn, service: ServiceDep, _: Admin) -> Br
     return BreakerOut.of(service.add_breaker(body.name, body).metrics())
 
 
-@router.get("/circuit-breakers/{name}", tags=["resilience"])
+@router.get(API + "/circuit-breakers/{name}", tags=["resilience"])
 async def get_breaker(service: ServiceDep, _: Caller, name: str = BreakerName) -> BreakerOut:
     return BreakerOut.of(_breaker(service, name).metrics())
 
 
-@router.post("/circuit-breakers/{name}/reset", tags=["resilience"])
+@router.post(API + "/circuit-breakers/{name}/reset", tags=["resilience"])
 async def reset_breaker(service: ServiceDep, _: Admin, name: str = BreakerName) -> BreakerOut:
     """Close the breaker and clear its counts (also lifts a force-open)."""
     breaker = _breaker(service, name)
@@ -48,7 +47,7 @@ async def reset_breaker(service: ServiceDep, _: Admin, name: str = BreakerName) 
     return BreakerOut.of(breaker.metrics())
 
 
-@router.post("/circuit-breakers/{name}/force-open", tags=["resilience"])
+@router.post(API + "/circuit-breakers/{name}/force-open", tags=["resilience"])
 async def force_open_breaker(service: ServiceDep, _: Admin, name: str = BreakerName) -> BreakerOut:
     """Open the breaker until it is reset: every call is rejected (for maintenance)."""
     breaker = _breaker(service, name)
@@ -56,12 +55,12 @@ async def force_open_breaker(service: ServiceDep, _: Admin, name: str = BreakerN
     return BreakerOut.of(breaker.metrics())
 
 
-@router.get("/bulkheads", tags=["resilience"])
+@router.get(API + "/bulkheads", tags=["resilience"])
 async def list_bulkheads(service: ServiceDep, _: Caller) -> list[BulkheadOut]:
     return [BulkheadOut.model_validate(b.metrics()) for b in service.registry.of_type(Bulkhead)]
 
 
-@router.get("/rate-limiters", tags=["resilience"])
+@router.get(API + "/rate-limiters", tags=["resilience"])
 async def list_rate_limiters(service: ServiceDep, _: Caller) -> list[RateLimiterOut]:
     return [
         RateLimiterOut.model_validate(r.metrics()) for r in service.registry.of_type(RateLimiter)

@@ -8,9 +8,10 @@ can't be probed). Admins see every task, and may narrow to one ``owner``.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from enum import Enum
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from buttress.errors import FieldError as Field_
 from buttress.errors import ForbiddenError, ValidationError
@@ -29,8 +30,9 @@ from buttress.web._models import (
     TaskOut,
     TaskPageOut,
 )
+from buttress.web._router import API, router
 
-router = APIRouter(tags=["tasks"])
+TAGS: list[str | Enum] = ["tasks"]
 
 TaskId = Path(min_length=1, max_length=64)
 
@@ -60,7 +62,7 @@ async def _page(listing: Awaitable[Page]) -> TaskPageOut:
     return TaskPageOut(tasks=[TaskOut.of(t) for t in page.tasks], cursor=page.cursor)
 
 
-@router.post("/tasks", status_code=202)
+@router.post(API + "/tasks", tags=TAGS, status_code=202)
 async def submit_task(body: TaskIn, service: ServiceDep, caller: Caller) -> TaskOut:
     """Queue a registered task, owned by the caller; 202 with the task."""
     _check_task_name(service.queue, body.name)
@@ -83,7 +85,7 @@ async def submit_task(body: TaskIn, service: ServiceDep, caller: Caller) -> Task
     return TaskOut.of(task)
 
 
-@router.get("/tasks")
+@router.get(API + "/tasks", tags=TAGS)
 async def list_tasks(
     service: ServiceDep,
     caller: Caller,
@@ -110,7 +112,7 @@ async def list_tasks(
     )
 
 
-@router.get("/tasks/stats")
+@router.get(API + "/tasks/stats", tags=TAGS)
 async def task_stats(
     service: ServiceDep,
     caller: Caller,
@@ -120,12 +122,12 @@ async def task_stats(
     return QueueStatsOut.of(await service.queue.stats(owner=_scope(caller, owner)))
 
 
-@router.get("/tasks/{task_id}")
+@router.get(API + "/tasks/{task_id}", tags=TAGS)
 async def get_task(service: ServiceDep, caller: Caller, task_id: str = TaskId) -> TaskOut:
     return TaskOut.of(await service.queue.get(task_id, owner=_scope(caller, None)))
 
 
-@router.post("/tasks/{task_id}/cancel")
+@router.post(API + "/tasks/{task_id}/cancel", tags=TAGS)
 async def cancel_task(
     service: ServiceDep,
     caller: Caller,
@@ -137,20 +139,20 @@ async def cancel_task(
     return TaskOut.of(task)
 
 
-@router.post("/tasks/{task_id}/retry")
+@router.post(API + "/tasks/{task_id}/retry", tags=TAGS)
 async def retry_task(service: ServiceDep, caller: Caller, task_id: str = TaskId) -> TaskOut:
     """Queue a failed, dead or cancelled task again; 409 for one in another state."""
     return TaskOut.of(await service.queue.retry(task_id, owner=_scope(caller, None)))
 
 
-@router.post("/tasks/cleanup")
+@router.post(API + "/tasks/cleanup", tags=TAGS)
 async def cleanup_tasks(body: CleanupIn, service: ServiceDep, _: Admin) -> CountOut:
     """Delete finished tasks older than ``older_than`` seconds; how many went."""
     statuses = [TaskStatus(s) for s in body.statuses]
     return CountOut(count=await service.queue.cleanup(body.older_than, statuses))
 
 
-@router.post("/tasks/bulk")
+@router.post(API + "/tasks/bulk", tags=TAGS)
 async def bulk_action(body: BulkIn, service: ServiceDep, _: Admin) -> BulkOut:
     """Cancel, retry or delete the given ids, or every task matching the filter."""
     if body.ids is None and not (body.status or body.name or body.tag or body.owner):
@@ -165,7 +167,7 @@ async def bulk_action(body: BulkIn, service: ServiceDep, _: Admin) -> BulkOut:
     return BulkOut(action=body.action, count=len(changed), ids=[t.id for t in changed])
 
 
-@router.get("/dead-letters")
+@router.get(API + "/dead-letters", tags=TAGS)
 async def dead_letters(
     service: ServiceDep,
     caller: Caller,
@@ -179,7 +181,7 @@ async def dead_letters(
     )
 
 
-@router.post("/dead-letters/reprocess")
+@router.post(API + "/dead-letters/reprocess", tags=TAGS)
 async def reprocess(body: ReprocessIn, service: ServiceDep, _: Admin) -> BulkOut:
     """Send dead tasks (these ids, or every dead task, or those of one name) back."""
     tasks = await service.queue.reprocess(body.ids, name=body.name)
