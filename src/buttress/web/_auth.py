@@ -36,6 +36,11 @@ LOCAL = Principal("local", "admin")
 
 
 async def get_service(request: Request) -> Service:
+    """The :class:`Service` of the app serving this request (a dependency)."""
+    return service_of(request)
+
+
+def service_of(request: Request) -> Service:
     """The :class:`Service` of the app serving this request.
 
     ``create_app`` and ``install`` put one on ``app.state.buttress``; an app that
@@ -93,14 +98,15 @@ def _limit(request: Request, service: Service, key: str) -> None:
         raise RateLimitedError(retry_after=decision.retry_after)
 
 
-async def current_principal(
-    request: Request, service: Annotated[Service, Depends(get_service)]
-) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """Authenticate the request and charge it to the caller's rate limit.
 
     A request that fails to authenticate is charged to its client address, so
     guessing keys is as slow as the limit.
     """
+    # The service is looked up here, not injected: each nested dependency costs
+    # FastAPI a resolution pass on every request.
+    service = service_of(request)
     client = request.client.host if request.client else None
     try:
         principal = authenticate(service, request.headers.get("authorization"), client)
