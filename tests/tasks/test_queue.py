@@ -96,6 +96,23 @@ async def test_an_argument_that_cannot_be_stored_is_named(queue: Queue) -> None:
     assert () == (await queue.list()).tasks
 
 
+async def test_arguments_a_registered_task_cannot_take_are_refused_at_enqueue(
+    queue: Queue,
+) -> None:
+    @queue.task
+    async def greet(name: str, *, loud: bool = False) -> str:
+        return name
+
+    with pytest.raises(TypeError, match="task 'greet' cannot take these arguments"):
+        await queue.enqueue("greet", "ada", "lovelace")
+    with pytest.raises(TypeError, match="'shout'"):
+        await queue.enqueue(greet, "ada", shout=True)
+    with pytest.raises(TypeError, match="missing a required argument"):
+        await queue.enqueue("greet")
+    assert () == (await queue.list()).tasks
+    assert "greet" == (await queue.enqueue(greet, "ada", loud=True)).name
+
+
 async def test_a_task_kwarg_named_like_an_option_goes_through_kwargs(queue: Queue) -> None:
     task = await queue.enqueue("assign", kwargs={"owner": "the task's own argument"})
     assert task.owner is None

@@ -138,6 +138,17 @@ async def test_validation_errors_name_the_field_paths(client: httpx.AsyncClient)
     assert_problem(malformed, 400, "validation_failed")
 
 
+async def test_arguments_the_task_cannot_take_are_refused_before_storing(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    response = await client.post(
+        "/api/v1/tasks", json={"name": "echo", "kwargs": {"y": 1}}, headers=auth(ALICE)
+    )
+    body = assert_problem(response, 400, "validation_failed")
+    assert "cannot take these arguments" in body["errors"][0]["message"]
+    assert (await service.queue.list()).tasks == ()
+
+
 async def test_an_unregistered_task_name_is_refused_listing_the_known_ones(
     client: httpx.AsyncClient,
 ) -> None:
@@ -615,8 +626,12 @@ async def test_each_principal_is_rate_limited_with_ratelimit_headers(
 async def test_values_json_cannot_carry_are_shown_not_a_500(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    @service.queue.task
+    async def archive(blob: bytes, when: datetime.datetime) -> None:
+        return None
+
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-    task = await service.queue.enqueue("echo", b"\xff\x00", when, owner="alice")
+    task = await service.queue.enqueue(archive, b"\xff\x00", when, owner="alice")
     shown = await client.get(f"/api/v1/tasks/{task.id}", headers=auth(ALICE))
     assert shown.status_code == 200
     assert shown.json()["args"] == ["_wA=", "2026-01-02T03:04:05Z"]  # URL-safe base64

@@ -111,6 +111,15 @@ class TaskDefinition(Generic[P, R]):
         self.executor = executor
         self.backoff = backoff
         self.result_ttl = result_ttl
+        self.signature = inspect.signature(fn)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError now, naming the task, if a call with these arguments would:
+        better refused at enqueue than dead-lettered by a worker later."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r} cannot take these arguments: {exc}") from None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -300,6 +309,8 @@ class Queue:
             raise ValueError(f"owner must be a non-empty string or None, got {owner!r}")
         if dedup_key is not None and (not isinstance(dedup_key, str) or not dedup_key):
             raise ValueError(f"dedup_key must be a non-empty string or None, got {dedup_key!r}")
+        if definition is not None:
+            definition.check_arguments(args, kwargs or {})
         payload = encode_payload(self.serializer, tuple(args), dict(kwargs or {}))
         return NewTask(
             id=new_task_id(),

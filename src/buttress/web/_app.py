@@ -23,7 +23,7 @@ from buttress._version import __version__
 from buttress.config import Settings
 from buttress.observability import Metrics
 
-# Imported for their endpoints, which join the router in this order.
+# Imported for their endpoints, which join the router (after its own probes).
 from buttress.web import _cache_routes, _resilience_routes, _task_routes  # noqa: F401
 from buttress.web._http import RequestMiddleware, install_problem_handlers
 from buttress.web._router import router
