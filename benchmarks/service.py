@@ -527,8 +527,8 @@ SCENARIOS = (
         note='All return {"status":"ok"} through a pydantic response model. The diagnostic '
         "row is the bare app (3 routes) with buttress's request middleware and problem "
         "handlers added by install(): the gap between it and the bare app is the "
-        "middleware; the gap between it and buttress is the rest of the app, chiefly "
-        "finding /api/v1/health among 29 routes in nested routers.",
+        "middleware; the gap between it and buttress is the rest of the app (routing "
+        "among its 29 routes, where the probes come first).",
     ),
     Scenario(
         "2. POST /api/v1/tasks (enqueue one task)",
