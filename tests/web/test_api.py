@@ -683,3 +683,27 @@ async def test_a_stopped_service_does_not_start_again(service: Service) -> None:
     await service.stop()  # idempotent
     with pytest.raises(RuntimeError, match="stopped"):
         await service.start()
+
+
+async def test_the_cache_url_setting_puts_redis_behind_memory(
+    tmp_path: Path, clock: ManualClock, redis_url: str
+) -> None:
+    service = make_service(tmp_path, clock, cache_url=redis_url)
+    async with client_for(create_app(service=service)) as client:
+        admin = auth(ADMIN)
+        await client.put("/api/v1/cache/keys/shared", json={"value": [1, 2]}, headers=admin)
+        stats = (await client.get("/api/v1/cache/stats", headers=admin)).json()
+        assert [tier["name"] for tier in stats["tiers"]] == ["memory", "redis"]
+        # Another process's cache over the same Redis sees the value.
+        other = Cache.from_url(redis_url, l1_size=None, namespace="buttress")
+        assert await other.get("shared") == [1, 2]
+        await other.close()
+        text = (await client.get("/metrics")).text
+        tiers = {
+            s.labels["tier"]
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "buttress_cache_tier_available"
+        }
+        assert tiers == {"memory", "redis"}
+    await service.stop()
