@@ -16,10 +16,12 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
+from buttress.tasks._views import stats_view, task_view
+
 if TYPE_CHECKING:
     import httpx
 
-    from buttress.tasks import Queue, QueueStats, Task
+    from buttress.tasks import Queue
 
 __all__ = [
     "DEFAULT_URL",
@@ -30,8 +32,6 @@ __all__ = [
     "ServiceUnreachableError",
     "TaskOps",
     "age",
-    "stats_to_json",
-    "task_to_json",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -282,49 +282,6 @@ def _segment(value: str) -> str:
 # --- tasks, locally or remotely ---------------------------------------------------------------
 
 
-def task_to_json(task: Task) -> JSON:
-    """A task in the API's ``TaskOut`` shape (without redaction: it is the operator's own)."""
-    error = task.error
-    return {
-        "id": task.id,
-        "name": task.name,
-        "status": task.status.value,
-        "priority": task.priority.label,
-        "owner": task.owner,
-        "attempts": task.attempts,
-        "max_retries": task.max_retries,
-        "args": list(task.args),
-        "kwargs": dict(task.kwargs),
-        "tags": list(task.tags),
-        "metadata": dict(task.metadata),
-        "progress": task.progress.fraction,
-        "progress_message": task.progress.message,
-        "error": None if error is None else {"type": error.type, "message": error.message},
-        "enqueued_at": task.enqueued_at,
-        "eta": task.eta,
-        "started_at": task.started_at,
-        "finished_at": task.finished_at,
-    }
-
-
-def stats_to_json(stats: QueueStats) -> JSON:
-    """Queue stats in the API's ``QueueStatsOut`` shape."""
-    from buttress.tasks import Priority, TaskStatus  # noqa: PLC0415
-
-    return {
-        "by_status": {s.value: stats.by_status.get(s, 0) for s in TaskStatus},
-        "by_priority": {p.label: stats.by_priority.get(p, 0) for p in Priority},
-        "finished_last_minute": stats.finished_last_minute,
-        "mean_wait_seconds": stats.mean_wait_seconds,
-        "mean_run_seconds": stats.mean_run_seconds,
-        "oldest_waiting_seconds": stats.oldest_waiting_seconds,
-        "dead_letters": [
-            {"name": name, "error_type": error_type, "count": count}
-            for (name, error_type), count in sorted(stats.dead_letters.items())
-        ],
-    }
-
-
 class TaskOps(Protocol):
     """The task operations the command offers, on a local queue or the service."""
 
@@ -420,16 +377,16 @@ class LocalTasks:
                 limit=limit,
             )
         )
-        return [task_to_json(t) for t in page.tasks], page.cursor
+        return [task_view(t) for t in page.tasks], page.cursor
 
     def get(self, task_id: str) -> JSON:
-        return task_to_json(self._run(self.queue.get(task_id)))
+        return task_view(self._run(self.queue.get(task_id)))
 
     def cancel(self, task_id: str, *, force: bool = False) -> JSON:
-        return task_to_json(self._run(self.queue.cancel(task_id, force=force)))
+        return task_view(self._run(self.queue.cancel(task_id, force=force)))
 
     def retry(self, task_id: str) -> JSON:
-        return task_to_json(self._run(self.queue.retry(task_id)))
+        return task_view(self._run(self.queue.retry(task_id)))
 
     def cancel_many(self, ids: Sequence[str]) -> int:
         return len(self._run(self.queue.cancel_many(ids)))
@@ -438,7 +395,7 @@ class LocalTasks:
         return len(self._run(self.queue.reprocess(ids)))
 
     def stats(self, *, owner: str | None = None) -> JSON:
-        return stats_to_json(self._run(self.queue.stats(owner=owner)))
+        return stats_view(self._run(self.queue.stats(owner=owner)))
 
     def close(self) -> None:
         try:

@@ -634,7 +634,7 @@ async def test_values_json_cannot_carry_are_shown_not_a_500(
     task = await service.queue.enqueue(archive, b"\xff\x00", when, owner="alice")
     shown = await client.get(f"/api/v1/tasks/{task.id}", headers=auth(ALICE))
     assert shown.status_code == 200
-    assert shown.json()["args"] == ["_wA=", "2026-01-02T03:04:05Z"]  # URL-safe base64
+    assert shown.json()["args"] == ["_wA=", "2026-01-02T03:04:05+00:00"]  # URL-safe base64
     await service.cache.set("raw", {"blob": b"\xff", "n": float("inf")})
     cached = await client.get("/api/v1/cache/keys/raw", headers=auth(ADMIN))
     assert cached.json()["value"] == {"blob": "_w==", "n": None}

@@ -12,6 +12,7 @@ from enum import Enum
 
 from fastapi import Path, Response
 
+from buttress._jsonable import jsonable
 from buttress.cache import MISSING
 from buttress.errors import NotFoundError, ValidationError
 from buttress.web._auth import Admin, Caller, ServiceDep
@@ -25,7 +26,6 @@ from buttress.web._models import (
     CacheStatsOut,
     CountOut,
     WarmOut,
-    json_safe,
 )
 from buttress.web._router import API, router
 
@@ -46,7 +46,7 @@ async def get_key(service: ServiceDep, _: Admin, key: str = Key) -> CacheEntryOu
     value = await service.cache.get(key, MISSING)
     if value is MISSING:
         raise NotFoundError(resource="cache key", resource_id=key)
-    return CacheEntryOut(key=key, value=json_safe(value))
+    return CacheEntryOut(key=key, value=jsonable(value))
 
 
 @router.put(CACHE + "/keys/{key:path}", tags=TAGS, status_code=204)
@@ -64,7 +64,7 @@ async def delete_key(service: ServiceDep, _: Admin, key: str = Key) -> Response:
 @router.post(CACHE + "/batch/get", tags=TAGS)
 async def get_many(body: CacheKeysIn, service: ServiceDep, _: Admin) -> CacheBatchOut:
     found = await service.cache.get_many(body.keys)
-    values = {key: json_safe(value) for key, value in found.items()}
+    values = {key: jsonable(value) for key, value in found.items()}
     return CacheBatchOut(values=values, missing=[k for k in body.keys if k not in found])
 
 

@@ -7,13 +7,13 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from pydantic_core import to_jsonable_python
 
+from buttress._jsonable import MAX_DEPTH
 from buttress.cache import TieredStats
 from buttress.config import BreakerSettings
-from buttress.errors import redact
 from buttress.resilience import CircuitMetrics
-from buttress.tasks import Priority, QueueStats, Task, TaskStatus
+from buttress.tasks import QueueStats, Task
+from buttress.tasks._views import stats_view, task_view
 
 PriorityName = Literal["critical", "high", "normal", "low", "bulk"]
 StatusName = Literal["queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled"]
@@ -25,20 +25,6 @@ class Body(BaseModel):
     """A request body: unknown fields are refused, so a typo is an error, not a no-op."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` as plain JSON, whatever the application stored: bytes as URL-safe base64,
-    datetimes as ISO 8601, non-finite floats as null, unknown objects as their repr.
-    Never raises, so one odd value can't turn a listing into a 500."""
-    try:
-        return to_jsonable_python(value, bytes_mode="base64", inf_nan_mode="null", fallback=repr)
-    except Exception:  # too deep to render, say: shown as a marker, not a 500
-        return UNREPRESENTABLE
-
-
-UNREPRESENTABLE = "<value not representable as JSON>"
-MAX_DEPTH = 32
 
 
 def _shallow(value: Any) -> Any:
@@ -252,41 +238,7 @@ class TaskOut(BaseModel):
 
     @classmethod
     def of(cls, task: Task) -> TaskOut:
-        error = task.error
-        return cls(
-            id=task.id,
-            name=task.name,
-            status=task.status.value,
-            priority=_priority_name(task.priority),
-            owner=task.owner,
-            attempts=task.attempts,
-            max_retries=task.max_retries,
-            args=json_safe(list(task.args)),
-            kwargs=json_safe(task.kwargs),
-            tags=list(task.tags),
-            metadata=json_safe(task.metadata),
-            progress=task.progress.fraction,
-            progress_message=task.progress.message,
-            # A task's error is its owner's to read, but its traceback stays in the logs.
-            error=None
-            if error is None
-            else TaskErrorOut(type=error.type, message=redact(error.message)),
-            enqueued_at=task.enqueued_at,
-            eta=task.eta,
-            started_at=task.started_at,
-            finished_at=task.finished_at,
-        )
-
-
-def _priority_name(priority: Priority) -> PriorityName:
-    names: dict[Priority, PriorityName] = {
-        Priority.CRITICAL: "critical",
-        Priority.HIGH: "high",
-        Priority.NORMAL: "normal",
-        Priority.LOW: "low",
-        Priority.BULK: "bulk",
-    }
-    return names[priority]
+        return cls.model_validate(task_view(task))
 
 
 class TaskPageOut(BaseModel):
@@ -310,25 +262,8 @@ class QueueStatsOut(BaseModel):
     dead_letters: list[DeadLetterGroupOut]
 
     @classmethod
-    def of(cls, s: QueueStats) -> QueueStatsOut:
-        by_status: dict[StatusName, int] = {st.value: 0 for st in TaskStatus}
-        for status, count in s.by_status.items():
-            by_status[status.value] = count
-        by_priority: dict[PriorityName, int] = {_priority_name(p): 0 for p in Priority}
-        for priority, count in s.by_priority.items():
-            by_priority[_priority_name(priority)] = count
-        return cls(
-            by_status=by_status,
-            by_priority=by_priority,
-            finished_last_minute=s.finished_last_minute,
-            mean_wait_seconds=s.mean_wait_seconds,
-            mean_run_seconds=s.mean_run_seconds,
-            oldest_waiting_seconds=s.oldest_waiting_seconds,
-            dead_letters=[
-                DeadLetterGroupOut(name=name, error_type=error_type, count=count)
-                for (name, error_type), count in sorted(s.dead_letters.items())
-            ],
-        )
+    def of(cls, stats: QueueStats) -> QueueStatsOut:
+        return cls.model_validate(stats_view(stats))
 
 
 class ReprocessIn(Body):
