@@ -31,7 +31,7 @@ def test_the_defaults_are_the_embedded_safe_ones() -> None:
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.queue_url == "sqlite:///buttress.db"
-    assert settings.cache_urls == []  # memory only
+    assert settings.cache_urls == ["memory://"]  # memory only
     assert settings.api_keys == {}
     assert settings.api_rate_limit is not None
 
@@ -140,3 +140,21 @@ def test_a_key_may_be_given_already_hashed(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("BUTTRESS_API_KEYS", '{"sha256:abc": {"owner": "ops"}}')
     with pytest.raises(ConfigurationError, match="64 lowercase hex"):
         load_settings()
+
+
+def test_every_cache_url_the_cache_takes_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setting accepts what `Cache.from_url` does (a Redis socket too), no less."""
+    monkeypatch.setenv("BUTTRESS_CACHE_URL", "unix:///run/redis.sock,memcached://127.0.0.1:11211")
+    assert load_settings().cache_urls == ["unix:///run/redis.sock", "memcached://127.0.0.1:11211"]
+
+
+def test_a_bad_retry_combination_is_reported_without_internal_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retry's own check runs at start-up, and its message names no stand-in."""
+    monkeypatch.setenv("BUTTRESS_RETRIES__X__WAIT_INITIAL", "5")
+    monkeypatch.setenv("BUTTRESS_RETRIES__X__WAIT_MAX", "1")
+    with pytest.raises(ConfigurationError, match="BUTTRESS_RETRIES__X") as raised:
+        load_settings()
+    assert "settings-check" not in str(raised.value)
+    assert "wait_max" in str(raised.value)

@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from buttress.cache._cache import check_cache_url
 from buttress.errors import ConfigurationError
 from buttress.resilience import (
     CircuitBreaker,
@@ -47,6 +48,7 @@ from buttress.resilience import (
     Retry,
     default_registry,
 )
+from buttress.tasks._queue import check_queue_url
 
 if TYPE_CHECKING:
     from buttress.clock import Clock
@@ -90,10 +92,13 @@ def _checked(settings: _B) -> _B:
     a slow-call rate with a duration, ...) run once, here, so a bad combination
     fails at start-up naming its variable, not later in the service."""
     try:
-        settings.build("settings-check", registry=None)
+        settings.build(_CHECK, registry=None)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise ValueError(str(exc).removeprefix("CircuitBreaker('settings-check'): ")) from None
+        raise ValueError(re.sub(rf"^\w+\('{_CHECK}'\): ", "", str(exc))) from None
     return settings
+
+
+_CHECK = "settings-check"
 
 
 class ApiKey(_Strict):
@@ -151,8 +156,10 @@ class RetrySettings(_Strict):
     def _buildable(self) -> Self:
         return _checked(self)
 
-    def build(self, name: str, *, registry: Registry | None = default_registry) -> Retry:
-        return Retry(**self.model_dump(), name=name, registry=registry)
+    def build(
+        self, name: str, *, registry: Registry | None = default_registry, clock: Clock | None = None
+    ) -> Retry:
+        return Retry(**self.model_dump(), name=name, clock=clock, registry=registry)
 
 
 class RateLimitSettings(_Strict):
@@ -166,8 +173,12 @@ class RateLimitSettings(_Strict):
     def _buildable(self) -> Self:
         return _checked(self)
 
-    def build(self, name: str, *, registry: Registry | None = default_registry) -> RateLimiter:
-        return RateLimiter(self.rate, per=self.per, burst=self.burst, name=name, registry=registry)
+    def build(
+        self, name: str, *, registry: Registry | None = default_registry, clock: Clock | None = None
+    ) -> RateLimiter:
+        return RateLimiter(
+            self.rate, per=self.per, burst=self.burst, name=name, clock=clock, registry=registry
+        )
 
 
 class Settings(BaseSettings):
@@ -229,17 +240,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_cache_urls(cls, value: str) -> str:
         for url in cache_urls(value):
-            if url.split("://", 1)[0] not in {"memory", "redis", "rediss", "memcached"}:
-                raise ValueError(
-                    f"unsupported cache URL {url!r}: use memory://, redis://, memcached://"
-                )
+            check_cache_url(url)
         return value
 
     @field_validator("queue_url")
     @classmethod
     def _check_queue_url(cls, value: str) -> str:
-        if not value.startswith("sqlite:"):
-            raise ValueError(f"unsupported queue URL {value!r}: use sqlite:///path.db")
+        check_queue_url(value)
         return value
 
     @property
@@ -261,9 +268,8 @@ def is_loopback(host: str) -> bool:
 
 
 def cache_urls(value: str) -> list[str]:
-    """The remote tiers named by a ``cache_url`` setting (``memory://`` adds none)."""
-    urls = [part.strip() for part in value.split(",") if part.strip()]
-    return [url for url in urls if not url.startswith("memory://")] if urls else []
+    """The URLs of a ``cache_url`` setting, in tier order."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def variable_name(location: tuple[int | str, ...]) -> str:

@@ -617,14 +617,24 @@ def cached(
     return make_cached(aio, blocking, ttl=ttl, tags=tags, key=key, category=category, noself=noself)
 
 
-def _tiers_of(url: str, timeout: float, *, memory: bool) -> list[MemoryCache[Any, Any] | Store]:
+CACHE_SCHEMES = ("memory", "redis", "rediss", "unix", "memcached")
+
+
+def check_cache_url(url: str) -> str:
+    """The scheme of a cache URL :meth:`Cache.from_url` takes; ValueError for another."""
     scheme = urlsplit(url).scheme
+    if scheme not in CACHE_SCHEMES:
+        raise ValueError(
+            f"unsupported cache URL {url!r}: use memory://, redis://, rediss://, unix:// "
+            "or memcached://"
+        )
+    return scheme
+
+
+def _tiers_of(url: str, timeout: float, *, memory: bool) -> list[MemoryCache[Any, Any] | Store]:
+    scheme = check_cache_url(url)
     if scheme == "memory":
         return [MemoryCache(10_000)] if memory else []
     if scheme in ("redis", "rediss", "unix"):
         return [RedisStore(url, timeout=timeout)]
-    if scheme == "memcached":
-        return [MemcachedStore(url, timeout=timeout)]
-    raise ValueError(
-        f"unsupported cache URL {url!r}: use memory://, redis://, rediss:// or memcached://"
-    )
+    return [MemcachedStore(url, timeout=timeout)]

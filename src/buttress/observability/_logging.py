@@ -22,7 +22,6 @@ import contextvars
 import datetime
 import decimal
 import logging
-import re
 import sys
 import uuid
 from collections.abc import Iterable, Mapping
@@ -75,12 +74,6 @@ _SECRET_KEY_WORDS = (
     "sessionid",
     "signature",
 )
-# What `buttress.errors.redact` does not know: webhook signing secrets (Stripe,
-# Svix) and Stripe restricted keys. Same mask as `redact`, so a line reads alike.
-_EXTRA_VALUE_PATTERNS = re.compile(
-    r"(?<![\w-])(?:whsec_[A-Za-z0-9+/=_-]{8,}|rk_(?:live|test)_[A-Za-z0-9]{10,})"
-)
-_VALUE_MASK = "***"
 _TOO_DEEP = "[TOO DEEP]"
 _CYCLE = "[CYCLE]"
 # Values whose text cannot hold a secret keep their type (JSONRenderer and
@@ -102,25 +95,6 @@ _PASS_THROUGH = frozenset({"_record", "_from_structlog"})
 
 def _normalise(key: str) -> str:
     return key.lower().replace("-", "").replace("_", "")
-
-
-# `redact` costs ~15us a string, and most values are short words and ids. Every
-# pattern it applies needs one of these (a pair or URL needs ":", "=" or ",", a
-# flag "--", a token its prefix), so a string with none of them is returned as it
-# is. A test pins the patterns `redact` uses: a new one must be added here. The
-# check runs on lower-cased ASCII only, as re.IGNORECASE also folds some
-# non-ASCII letters ("\u212a" is "k"); other text always takes the full pass.
-_MAYBE_SECRET = re.compile(
-    r"[:=,]|--|bearer|cookie|eyj|xox|akia|(?:gh[pousr]|github_pat|sk|whsec|rk)_"
-)
-# Timestamps and numbers have ":" but no letters to spell a secret word.
-_INERT = re.compile(r"[\d\s\-:.+TZ]*")
-
-
-def _redact_text(text: str) -> str:
-    if text.isascii() and (_INERT.fullmatch(text) or not _MAYBE_SECRET.search(text.lower())):
-        return text
-    return _EXTRA_VALUE_PATTERNS.sub(_VALUE_MASK, redact(text))
 
 
 class RedactSecrets:
@@ -187,15 +161,15 @@ class RedactSecrets:
     def _scrub(self, value: object, depth: int, seen: set[int]) -> object:
         # The common case first: a short string or a number at the top level.
         if type(value) is str:
-            return _redact_text(value)
+            return redact(value)
         if value is None or isinstance(value, _PLAIN):
             return value
         if isinstance(value, str):  # a str subclass, such as a StrEnum
-            return _redact_text(str(value))
+            return redact(str(value))
         if isinstance(value, bytes | bytearray | memoryview):
-            return _redact_text(bytes(value).decode("utf-8", "replace"))
+            return redact(bytes(value).decode("utf-8", "replace"))
         if not isinstance(value, Mapping | list | tuple | set | frozenset):
-            return _redact_text(repr(value))
+            return redact(repr(value))
         if depth >= self._max_depth:
             return _TOO_DEEP
         if id(value) in seen:
@@ -239,7 +213,7 @@ class RedactSecrets:
             return key
         if isinstance(key, str | bytes):
             return self._scrub(key, depth, seen)
-        return _redact_text(repr(key))
+        return redact(repr(key))
 
 
 # --- request id --------------------------------------------------------------------

@@ -134,18 +134,12 @@ class RateLimiter(Strategy, Observable):
         >>> decision.allowed, decision.remaining, decision.retry_after
         (True, 9, 0.0)
         """
-        allowed = self._reserve(key, cost, max_wait=0.0) == 0.0
-        with self._lock:
-            now = self._now()
-            tat = self._current.get(key)
-            if tat is None:
-                tat = self._previous.get(key)
-            if tat is None:
-                tat = self._booked.get(key, now)
+        booked, wait, tat, now = self._book(key, cost, 0.0)
+        if not booked:
+            self._on_rejected(key, wait, now)
         backlog = max(tat - now, 0.0)
-        remaining = int((self._horizon - backlog) / self._interval + 1e-9)
-        retry_after = 0.0 if allowed else max(backlog + cost * self._interval - self._horizon, 0.0)
-        return RateLimitDecision(allowed, self._burst, max(remaining, 0), backlog, retry_after)
+        remaining = max(int((self._horizon - backlog) / self._interval + 1e-9), 0)
+        return RateLimitDecision(booked, self._burst, remaining, backlog, 0.0 if booked else wait)
 
     def acquire(self, key: str = "", *, cost: int = 1, max_wait: Duration | None = None) -> None:
         """Take ``cost`` from ``key``'s allowance, waiting up to ``max_wait`` seconds for it.
@@ -197,6 +191,17 @@ class RateLimiter(Strategy, Observable):
     def _reserve(self, key: str, cost: int, *, max_wait: float, raising: bool = False) -> float:
         """Book the request and return how long to wait for it, if that is within
         ``max_wait``; else book nothing and return -1 (or raise)."""
+        booked, wait, _, now = self._book(key, cost, max_wait)
+        if booked:
+            return wait
+        self._on_rejected(key, wait, now)
+        if raising:
+            raise RateLimitExceeded(key, retry_after=wait, limiter=self._name)
+        return -1.0
+
+    def _book(self, key: str, cost: int, max_wait: float) -> tuple[bool, float, float, float]:
+        """Under the lock: (booked, wait, the key's TAT after, now). ``wait`` is how
+        long a booked request waits (0.0: none), or how long a refused one would."""
         if cost < 1 or cost > self._burst:
             raise ValueError(
                 f"{self._name}: cost must be between 1 and burst ({self._burst}), got {cost!r}"
@@ -213,23 +218,23 @@ class RateLimiter(Strategy, Observable):
                     tat = self._booked.get(key, now) if self._booked else now
             new_tat = (tat if tat > now else now) + cost * self._interval
             wait = new_tat - self._horizon - now
-            if wait <= max_wait:
-                if wait > 0:
-                    self._book_ahead(key, new_tat, now)
-                else:
-                    self._current[key] = new_tat
-                    if not young:  # it moved to the young generation
-                        self._previous.pop(key, None)
-                        if self._booked:
-                            self._booked.pop(key, None)
-                self._allowed += 1
-                return wait if wait > 0 else 0.0
-            self._rejected += 1
+            if wait > max_wait:
+                self._rejected += 1
+                return False, wait, tat, now
+            if wait > 0:
+                self._book_ahead(key, new_tat, now)
+            else:
+                self._current[key] = new_tat
+                if not young:  # it moved to the young generation
+                    self._previous.pop(key, None)
+                    if self._booked:
+                        self._booked.pop(key, None)
+            self._allowed += 1
+            return True, max(wait, 0.0), new_tat, now
+
+    def _on_rejected(self, key: str, retry_after: float, now: float) -> None:
         if self._listeners:
-            self._listeners.emit(self._name, "rejected", now, key=key, retry_after=wait)
-        if raising:
-            raise RateLimitExceeded(key, retry_after=wait, limiter=self._name)
-        return -1.0
+            self._listeners.emit(self._name, "rejected", now, key=key, retry_after=retry_after)
 
     def _book_ahead(self, key: str, tat: float, now: float) -> None:
         """Store a TAT that lies more than a horizon ahead (a booked wait).

@@ -171,11 +171,10 @@ class Queue:
     def from_url(cls, url: str, **options: Any) -> Queue:
         """``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``; Redis and
         PostgreSQL come later."""
-        if url.startswith("sqlite:"):
-            from buttress.tasks._sqlite import SqliteBackend  # noqa: PLC0415 - optional part
+        check_queue_url(url)
+        from buttress.tasks._sqlite import SqliteBackend  # noqa: PLC0415 - optional part
 
-            return cls(SqliteBackend.from_url(url), **options)
-        raise ValueError(f"unsupported queue URL {url!r}: use sqlite:///path.db")
+        return cls(SqliteBackend.from_url(url), **options)
 
     def __repr__(self) -> str:
         return f"Queue({type(self.backend).__name__}, tasks={sorted(self.tasks)})"
@@ -554,6 +553,12 @@ class Queue:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(4, thread_name_prefix="buttress-queue")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def check_queue_url(url: str) -> None:
+    """Refuse (ValueError) a URL :meth:`Queue.from_url` does not take."""
+    if not url.startswith("sqlite:"):
+        raise ValueError(f"unsupported queue URL {url!r}: use sqlite:///path.db")
 
 
 class Selection(TypedDict, total=False):

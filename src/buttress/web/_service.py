@@ -52,32 +52,23 @@ class Service:
         self.cache = (
             cache
             if cache is not None
-            else Cache.from_url(*(self.settings.cache_urls or ["memory://"]), name="buttress")
+            else Cache.from_url(*self.settings.cache_urls, name="buttress")
         )
         self.principals: dict[str, ApiKey] = dict(self.settings.api_keys)
         self.breakers: dict[str, CircuitBreaker] = {}
         for name, breaker_settings in self.settings.breakers.items():
             self.add_breaker(name, breaker_settings)
         self.retries: dict[str, Retry] = {
-            name: conf.build(name, registry=self.registry)
+            name: conf.build(name, registry=self.registry, clock=clock)
             for name, conf in self.settings.retries.items()
         }
         self.rate_limiters: dict[str, RateLimiter] = {
-            name: conf.build(name, registry=self.registry)
+            name: conf.build(name, registry=self.registry, clock=clock)
             for name, conf in self.settings.rate_limits.items()
         }
         limit = self.settings.api_rate_limit
         self.api_limiter: RateLimiter | None = (
-            None
-            if limit is None
-            else RateLimiter(
-                limit.rate,
-                per=limit.per,
-                burst=limit.burst,
-                name=API_LIMITER,
-                clock=clock,
-                registry=self.registry,
-            )
+            None if limit is None else limit.build(API_LIMITER, registry=self.registry, clock=clock)
         )
         self.metrics = Metrics(self.registry)
         self.metrics.watch_cache(self.cache)
