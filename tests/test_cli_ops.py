@@ -170,6 +170,19 @@ def test_cancel_by_status_cancels_every_match_with_a_progress_bar(tasks: Tasks) 
     assert 2 == both.exit_code
 
 
+def test_cancel_force_takes_one_task_id_only(tasks: Tasks) -> None:
+    """Bulk cancelling has no force: ``--force`` with several ids or with ``--status``
+    is a usage error, and cancels nothing; with one id it works."""
+    for args in (tasks.queued[:2], ["--status", "queued"]):
+        result = invoke("tasks", "cancel", *args, "--force", "--queue", tasks.url)
+        assert 2 == result.exit_code, result.output
+        assert "works on one task id at a time" in flat(result.output)
+    assert {TaskStatus.QUEUED} == {tasks.statuses()[i] for i in tasks.queued}
+    one = invoke("tasks", "cancel", tasks.queued[0], "--force", "--queue", tasks.url)
+    assert 0 == one.exit_code, one.output
+    assert TaskStatus.CANCELLED == tasks.statuses()[tasks.queued[0]]
+
+
 def test_dlq_lists_dead_tasks_with_their_errors(tasks: Tasks) -> None:
     result = invoke("tasks", "dlq", "--queue", tasks.url)
     assert 0 == result.exit_code, result.output

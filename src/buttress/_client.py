@@ -16,12 +16,11 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
-from buttress.tasks._views import stats_view, task_view
-
 if TYPE_CHECKING:
     import httpx
 
-    from buttress.tasks import Queue
+    from buttress.tasks import Queue, Task
+    from buttress.tasks._backend import QueueStats
 
 __all__ = [
     "DEFAULT_URL",
@@ -347,6 +346,20 @@ class RemoteTasks:
         self.client.close()
 
 
+def _task_view(task: Task) -> JSON:
+    # The queue's modules load here, not on import: every command imports this module
+    # (for DEFAULT_URL), and `buttress --version` stays fast.
+    from buttress.tasks._views import task_view  # noqa: PLC0415
+
+    return task_view(task)
+
+
+def _stats_view(stats: QueueStats) -> JSON:
+    from buttress.tasks._views import stats_view  # noqa: PLC0415 - see _task_view
+
+    return stats_view(stats)
+
+
 class LocalTasks:
     """:class:`TaskOps` straight on a :class:`~buttress.tasks.Queue` (no service needed)."""
 
@@ -377,16 +390,16 @@ class LocalTasks:
                 limit=limit,
             )
         )
-        return [task_view(t) for t in page.tasks], page.cursor
+        return [_task_view(t) for t in page.tasks], page.cursor
 
     def get(self, task_id: str) -> JSON:
-        return task_view(self._run(self.queue.get(task_id)))
+        return _task_view(self._run(self.queue.get(task_id)))
 
     def cancel(self, task_id: str, *, force: bool = False) -> JSON:
-        return task_view(self._run(self.queue.cancel(task_id, force=force)))
+        return _task_view(self._run(self.queue.cancel(task_id, force=force)))
 
     def retry(self, task_id: str) -> JSON:
-        return task_view(self._run(self.queue.retry(task_id)))
+        return _task_view(self._run(self.queue.retry(task_id)))
 
     def cancel_many(self, ids: Sequence[str]) -> int:
         return len(self._run(self.queue.cancel_many(ids)))
@@ -395,7 +408,7 @@ class LocalTasks:
         return len(self._run(self.queue.reprocess(ids)))
 
     def stats(self, *, owner: str | None = None) -> JSON:
-        return stats_view(self._run(self.queue.stats(owner=owner)))
+        return _stats_view(self._run(self.queue.stats(owner=owner)))
 
     def close(self) -> None:
         try:

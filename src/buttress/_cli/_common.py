@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from buttress._client import ServiceClient
-
-DEFAULT_SERVICE_URL = "http://127.0.0.1:8000"
 
 UrlOption = Annotated[
     str,
@@ -41,6 +39,32 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def _exit_before_start(signum: int, frame: object) -> None:
     """Until a command puts in its own handlers, a stop signal just ends it (exit 0)."""
     raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def _exit_on_stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM or SIGINT ends the command with exit 0.
+
+    For the time before a worker or uvicorn puts in its own handlers (while the app
+    imports, say): no task is held yet, and without this a SIGTERM would kill the
+    process outright, which a supervisor would count as a crash. Those runners put
+    these handlers back when they return (uvicorn then re-raises the signal it caught,
+    so the command exits 0 then too). The old handlers come back at the end; off the
+    main thread, signals are left alone.
+    """
+    import signal  # noqa: PLC0415 - see the module docstring
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, _exit_before_start)
+        except ValueError:  # not the main thread
+            break
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

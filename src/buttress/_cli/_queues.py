@@ -58,16 +58,17 @@ def _load_queue(ref: str) -> Queue:
 
 
 def _sqlite_path(url: str, *, who: str = "this worker") -> str:
-    """The file of a ``sqlite:///path.db`` queue URL; a usage error for any other URL."""
-    import urllib.parse  # noqa: PLC0415 - see the module docstring
+    """The file of a ``sqlite:///path.db`` queue URL, read as the queue reads it
+    (:meth:`SqliteBackend.path_of`); a usage error for any other URL."""
+    from buttress.tasks._sqlite import SqliteBackend  # noqa: PLC0415 - see the module docstring
 
-    scheme, sep, rest = url.partition("://")
-    if scheme != "sqlite" or not sep or not rest.startswith("/"):
+    try:
+        return SqliteBackend.path_of(url)
+    except ValueError:
         raise typer.BadParameter(
             f"{url!r} is not a queue URL {who} knows: use sqlite:///path.db",
             param_hint="'--queue'",
-        )
-    return urllib.parse.unquote(rest[1:].partition("?")[0])
+        ) from None
 
 
 def _check_queue_url(queue: Queue, url: str, ref: str) -> None:

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from buttress._cli._common import (
-    DEFAULT_SERVICE_URL,
     ApiKeyOption,
     JsonOption,
     UrlOption,
@@ -19,6 +18,9 @@ from buttress._cli._common import (
     _print_json,
     _table,
 )
+
+# buttress._client is cheap to import: it loads httpx and the queue lazily.
+from buttress._client import DEFAULT_URL
 
 _STATE_STYLES = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 _HEALTH_STYLES = {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}
@@ -32,7 +34,7 @@ cache_app = typer.Typer(name="cache", help="The cache of a running service.", no
 
 @breakers_app.command("list")
 def breakers_list(
-    *, url: UrlOption = DEFAULT_SERVICE_URL, api_key: ApiKeyOption = None, json: JsonOption = False
+    *, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None, json: JsonOption = False
 ) -> None:
     """Every circuit breaker the service knows, with its state and counts."""
     with _client(url, api_key) as client:
@@ -62,7 +64,7 @@ def breakers_list(
 def breakers_reset(
     *,
     name: Annotated[str, typer.Argument(help="The breaker's name.", show_default=False)],
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Close a breaker and clear its counts (needs an admin key)."""
@@ -73,7 +75,7 @@ def breakers_reset(
 
 @cache_app.command("stats")
 def cache_stats(
-    *, url: UrlOption = DEFAULT_SERVICE_URL, api_key: ApiKeyOption = None, json: JsonOption = False
+    *, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None, json: JsonOption = False
 ) -> None:
     """Hits, misses and errors per tier, and what the cache did."""
     with _client(url, api_key) as client:
@@ -104,7 +106,7 @@ def cache_stats(
 
 
 @cache_app.command("clear")
-def cache_clear(*, url: UrlOption = DEFAULT_SERVICE_URL, api_key: ApiKeyOption = None) -> None:
+def cache_clear(*, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
     """Empty every tier of the cache (needs an admin key)."""
     with _client(url, api_key) as client:
         client.cache_clear()
@@ -124,7 +126,7 @@ def cache_invalidate(
         str | None,
         typer.Option(help="Delete keys matching this glob pattern (user:*).", show_default=False),
     ] = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Invalidate entries by tag and/or key pattern (needs an admin key)."""
@@ -141,7 +143,7 @@ def cache_invalidate(
 
 
 def health(
-    *, url: UrlOption = DEFAULT_SERVICE_URL, api_key: ApiKeyOption = None, json: JsonOption = False
+    *, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None, json: JsonOption = False
 ) -> None:
     """The service's readiness: exit 0 if healthy or degraded, 1 if unhealthy, 2 if unreachable."""
     with _client(url, api_key) as client:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from buttress._cli._common import _console, _exit_before_start, _fail
+from buttress._cli._common import _console, _exit_on_stop_signals, _fail
 from buttress._cli._queues import _check_queue_url, _load_queue, _where
 
 if TYPE_CHECKING:
@@ -100,9 +100,7 @@ def serve(
 
     Settings come from BUTTRESS_* variables (and .env); these options override them.
     """
-    import signal  # noqa: PLC0415 - see the module docstring
-
-    from buttress.config import is_loopback, load_settings  # noqa: PLC0415
+    from buttress.config import is_loopback, load_settings  # noqa: PLC0415 - see the docstring
     from buttress.errors import ConfigurationError  # noqa: PLC0415
 
     given: dict[str, Any] = {
@@ -126,21 +124,11 @@ def serve(
             "or listen on 127.0.0.1",
             code=2,
         )
-    # As in `worker`: a stop signal before uvicorn takes over just ends the command
-    # (exit 0). uvicorn puts these handlers back after its graceful shutdown and
-    # re-raises the signal it caught, so the command then exits 0 too, rather than
-    # dying of the signal.
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, _exit_before_start)
-        except ValueError:  # not the main thread: leave signals alone
-            break
-    try:
+    # A stop signal before uvicorn takes over just ends the command (exit 0); uvicorn
+    # puts these handlers back after its graceful shutdown and re-raises the signal it
+    # caught, so the command then exits 0 too, rather than dying of the signal.
+    with _exit_on_stop_signals():
         _serve(settings, demo=demo, explicit_queue="queue_url" in settings.model_fields_set)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _serve(settings: Settings, *, demo: bool, explicit_queue: bool) -> None:
@@ -179,7 +167,7 @@ def _serve(settings: Settings, *, demo: bool, explicit_queue: bool) -> None:
             service = Service(settings, queue=queue)
         web_app = create_app(service=service)
         _announce(settings, service, temp_dir=temp_dir, demo=demo)
-        if service.open_access:
+        if service.open_access:  # logged, not printed too: one warning on stderr
             logging.getLogger("buttress.cli").warning(
                 "no API keys configured (BUTTRESS_API_KEYS): the API is open to local "
                 "callers only, each acting as admin"
@@ -209,7 +197,7 @@ def _serve(settings: Settings, *, demo: bool, explicit_queue: bool) -> None:
 
 
 def _announce(settings: Settings, service: Service, *, temp_dir: str | None, demo: bool) -> None:
-    """Print where the service answers, what it runs, and whether it is open."""
+    """Print where the service answers and what it runs (`_serve` logs whether it is open)."""
     console = _console(stderr=True, soft_wrap=True)  # whole lines, for log collectors
     base = _base_url(settings.host, settings.port)
     tasks = ", ".join(sorted(service.queue.tasks)) or "none registered"
@@ -231,8 +219,3 @@ def _announce(settings: Settings, service: Service, *, temp_dir: str | None, dem
             else _where(service.queue)
         )
         console.print(f"  demo     a live workload; its tasks are in {where}")
-    if service.open_access:
-        console.print(
-            "[bold yellow]warning:[/] [yellow]no API keys configured (BUTTRESS_API_KEYS): "
-            "the API is open to local callers only, each acting as admin[/]"
-        )

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from buttress._cli._common import (
-    DEFAULT_SERVICE_URL,
     ApiKeyOption,
     JsonOption,
     UrlOption,
@@ -24,6 +23,9 @@ from buttress._cli._common import (
     _table,
 )
 from buttress._cli._queues import _sqlite_path
+
+# buttress._client is cheap to import: it loads httpx and the queue lazily.
+from buttress._client import DEFAULT_URL
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -210,7 +212,7 @@ def tasks_list(
         typer.Option(help="Continue from a previous listing's cursor.", show_default=False),
     ] = None,
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -238,7 +240,7 @@ def tasks_show(
     *,
     task_id: Annotated[str, typer.Argument(metavar="ID", help="The task's id.")],
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -295,16 +297,25 @@ def tasks_cancel(
     status: StatusOption = None,
     name: NameOption = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Stop a running task at once, not at its next check.")
+        bool,
+        typer.Option(
+            "--force", help="Stop a running task at once, not at its next check (one ID only)."
+        ),
     ] = False,
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Cancel tasks by id, or every task in --status (e.g. --status queued)."""
     wanted = _check_statuses(status)
     if bool(task_ids) == bool(wanted):
         raise typer.BadParameter("give task ids or --status, not both", param_hint="'ID'")
+    if force and not (task_ids and len(task_ids) == 1):
+        # Bulk cancelling has no force: refuse rather than quietly cancel gently.
+        raise typer.BadParameter(
+            "works on one task id at a time, not on several or on --status",
+            param_hint="'--force'",
+        )
     console = _console()
     with _tasks(queue_url, url, api_key) as ops:
         if task_ids and len(task_ids) == 1:
@@ -325,7 +336,7 @@ def tasks_retry(
     *,
     task_id: Annotated[str, typer.Argument(metavar="ID", help="The task's id.")],
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Queue a failed, dead or cancelled task again, with fresh attempts."""
@@ -341,7 +352,7 @@ def tasks_dlq(
     owner: OwnerOption = None,
     limit: LimitOption = 50,
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -374,7 +385,7 @@ def tasks_reprocess(
     ] = None,
     name: NameOption = None,
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Send dead tasks back to the queue with fresh attempts (through the service: admins)."""
@@ -395,7 +406,7 @@ def tasks_stats(
     *,
     owner: OwnerOption = None,
     queue_url: QueueOption = None,
-    url: UrlOption = DEFAULT_SERVICE_URL,
+    url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
     json: JsonOption = False,
 ) -> None:

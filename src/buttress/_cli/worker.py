@@ -5,11 +5,11 @@ Imports stay inside the functions, so loading this module costs nothing (see ``b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from buttress._cli._common import _exit_before_start
+from buttress._cli._common import _exit_on_stop_signals
 from buttress._cli._queues import _check_queue_url, _load_queue
 
 if TYPE_CHECKING:
@@ -61,20 +61,12 @@ def worker(
 ) -> None:
     """Run the app's tasks until SIGTERM or SIGINT, then shut down gracefully."""
     import math  # noqa: PLC0415 - see the module docstring
-    import signal  # noqa: PLC0415
 
     if math.isnan(grace):  # NaN slips past the range check
         raise typer.BadParameter("must be a number of seconds", param_hint="'--grace'")
     # Until the worker puts in its own handlers, a stop signal just ends the command
-    # (exit 0): no task is held yet. Without this, SIGTERM while the app imports
-    # would kill the process outright, and a supervisor would see a crash.
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, _exit_before_start)
-        except ValueError:  # not the main thread: leave signals alone
-            break
-    try:
+    # (exit 0): no task is held yet.
+    with _exit_on_stop_signals():
         queue = _load_queue(app_ref)
         try:
             if queue_url is not None:
@@ -83,9 +75,6 @@ def worker(
             _run_worker(queue, concurrency=concurrency, names=only, grace=grace, drain=until_empty)
         finally:
             queue.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _run_worker(

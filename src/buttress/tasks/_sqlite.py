@@ -155,17 +155,8 @@ class SqliteBackend:
     def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SqliteBackend:
         """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:``;
         ``?busy_timeout=10`` in the URL sets the lock wait too."""
-        if not isinstance(url, str):
-            raise TypeError(f"a queue URL must be a str, got {url!r}")
-        scheme, sep, rest = url.partition("://")
-        if scheme != "sqlite" or not sep or not rest.startswith("/"):
-            raise ValueError(
-                f"not a SQLite URL: {url!r}; use sqlite:///relative.db, sqlite:////abs/path.db "
-                "or sqlite:///:memory:"
-            )
-        path, _, query = rest[1:].partition("?")
-        if not path:
-            raise ValueError(f"the SQLite URL {url!r} names no database file")
+        path = cls.path_of(url)
+        query = url.partition("?")[2]
         for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
             if key != "busy_timeout":
                 raise ValueError(f"unknown option {key!r} in the SQLite URL: only busy_timeout")
@@ -175,7 +166,29 @@ class SqliteBackend:
                 raise ValueError(
                     f"busy_timeout in the SQLite URL must be seconds, got {value!r}"
                 ) from None
-        return cls(urllib.parse.unquote(path), busy_timeout=busy_timeout)
+        return cls(path, busy_timeout=busy_timeout)
+
+    @staticmethod
+    def path_of(url: str) -> str:
+        """The database file a SQLite URL names, as :meth:`from_url` reads it, without
+        opening it: ``"q.db"`` for ``sqlite:///q.db``, ``"/abs/q.db"`` for
+        ``sqlite:////abs/q.db``; a ValueError for any other URL.
+
+        >>> SqliteBackend.path_of("sqlite:///my%20queue.db?busy_timeout=10")
+        'my queue.db'
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"a queue URL must be a str, got {url!r}")
+        scheme, sep, rest = url.partition("://")
+        if scheme != "sqlite" or not sep or not rest.startswith("/"):
+            raise ValueError(
+                f"not a SQLite URL: {url!r}; use sqlite:///relative.db, sqlite:////abs/path.db "
+                "or sqlite:///:memory:"
+            )
+        path = rest[1:].partition("?")[0]
+        if not path:
+            raise ValueError(f"the SQLite URL {url!r} names no database file")
+        return urllib.parse.unquote(path)
 
     def __repr__(self) -> str:
         return f"SqliteBackend({self.path!r})"
