@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ from buttress.cache import Cache, MemoryCache, RedisStore
 from buttress.clock import ManualClock
 from buttress.errors import BulkheadFullError, CircuitOpenError
 from buttress.observability._metrics import Metrics
-from buttress.resilience import Bulkhead, CircuitBreaker, RateLimiter, Registry
-from buttress.tasks import Queue, Task
+from buttress.resilience import Bulkhead, CircuitBreaker, RateLimiter, Registry, ResilienceEvent
+from buttress.tasks import Queue
 from buttress.tasks._queue import Backoff
 from buttress.tasks._worker import Worker
 
@@ -327,17 +327,18 @@ async def test_worker_runs_feed_the_task_histogram(
     assert pytest.approx(2.0) == value(found, hist + "_sum", task="failing", outcome="dead")
 
 
-async def test_an_observer_that_raises_never_breaks_the_worker(
+async def test_a_worker_listener_that_raises_never_breaks_the_worker(
     sqlite_queue: Queue, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Worker.add_observer: a failing observer is logged and the task still succeeds."""
-    seen: list[tuple[str, str, Mapping[str, Any]]] = []
+    """Worker.add_listener: a failing listener is logged and the task still succeeds;
+    ``kinds`` narrows what a listener hears, as for the resilience strategies."""
+    seen: list[tuple[str, str, object]] = []
 
-    def broken(event: str, task: Task, fields: Mapping[str, Any]) -> None:
-        raise RuntimeError("observer bug")
+    def broken(event: ResilienceEvent) -> None:
+        raise RuntimeError("listener bug")
 
-    def recording(event: str, task: Task, fields: Mapping[str, Any]) -> None:
-        seen.append((event, task.name, dict(fields)))
+    def recording(event: ResilienceEvent) -> None:
+        seen.append((event.kind, event.attributes["task"].name, event.attributes["seconds"]))
 
     @sqlite_queue.task
     async def job() -> int:
@@ -345,18 +346,18 @@ async def test_an_observer_that_raises_never_breaks_the_worker(
 
     task = await job.enqueue()
     worker = Worker(sqlite_queue, schedule=False)
-    worker.add_observer(broken)
-    worker.add_observer(recording)
-    with caplog.at_level(logging.ERROR, logger="buttress.tasks"):
+    worker.add_listener(broken)
+    worker.add_listener(recording, kinds=["succeeded"])
+    with caplog.at_level(logging.ERROR):
         await worker.run(until_empty=True)
     assert "succeeded" == (await sqlite_queue.get(task.id)).status.value
-    assert [("succeeded", "job", {"seconds": 0.0})] == seen
-    assert "observer" in caplog.text
-    worker.remove_observer(recording)
-    with pytest.raises(ValueError, match="not in list"):
-        worker.remove_observer(recording)
+    assert [("succeeded", "job", 0.0)] == seen
+    assert "listener bug" in caplog.text
+    worker.remove_listener(recording)
+    with pytest.raises(ValueError, match="not a listener"):
+        worker.remove_listener(recording)
     with pytest.raises(TypeError, match="callable"):
-        worker.add_observer("not callable")  # type: ignore[arg-type]
+        worker.add_listener("not callable")  # type: ignore[arg-type]
 
 
 def test_http_requests_are_counted_and_timed(registry: Registry) -> None:

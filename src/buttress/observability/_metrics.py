@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from buttress.resilience import (
     CircuitState,
     RateLimiter,
     Registry,
+    ResilienceEvent,
     default_registry,
 )
 
@@ -154,10 +155,10 @@ class Metrics:
 
     def watch_worker(self, worker: Worker) -> None:
         """Count and time the task attempts ``worker`` finishes from now on."""
-        add = getattr(worker, "add_observer", None)
+        add = getattr(worker, "add_listener", None)
         if add is None:
             raise TypeError(f"watch_worker needs a Worker, got {worker!r}")
-        add(self._on_task_event)
+        add(self._on_task_event, kinds=_FINISHED)
 
     async def refresh(self) -> None:
         """Read every watched queue's stats (concurrently) for the next scrape.
@@ -188,15 +189,17 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def _on_task_event(self, event: str, task: Task, fields: Mapping[str, Any]) -> None:
-        seconds = fields.get("seconds")
-        if event not in _FINISHED or seconds is None:
+    def _on_task_event(self, event: ResilienceEvent) -> None:
+        task: Task = event.attributes["task"]
+        seconds = event.attributes.get("seconds")
+        if seconds is None:
             return  # not the end of an attempt (a lease lost by a heartbeat)
-        children = self._task_children.get((task.name, event))
+        outcome = event.kind
+        children = self._task_children.get((task.name, outcome))
         if children is None:
-            children = self._task_children[(task.name, event)] = (
-                self._tasks.labels(task.name, event),
-                self._task_seconds.labels(task.name, event),
+            children = self._task_children[(task.name, outcome)] = (
+                self._tasks.labels(task.name, outcome),
+                self._task_seconds.labels(task.name, outcome),
             )
         children[0].inc()
         children[1].observe(seconds)

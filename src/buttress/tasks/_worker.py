@@ -24,12 +24,18 @@ import os
 import signal
 import socket
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from buttress.resilience._common import Duration, check_int, check_seconds
+from buttress.resilience._common import (
+    Duration,
+    Listener,
+    Listeners,
+    check_int,
+    check_seconds,
+)
 from buttress.tasks._backend import Claim
 from buttress.tasks._model import Progress, Task, TaskError
 from buttress.tasks._payload import decode_payload, payload_serializer
@@ -41,10 +47,6 @@ __all__ = ["TaskContext", "Worker", "current_task"]
 log = logging.getLogger("buttress.tasks")
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("buttress_task")
-
-TaskObserver = Callable[[str, Task, Mapping[str, Any]], None]
-"""Called with each worker event, its task and its fields (``seconds``: how long a
-finished attempt ran, on the worker's clock); see :meth:`Worker.add_observer`."""
 
 
 def current_task() -> TaskContext:
@@ -129,25 +131,27 @@ class Worker:
         self.events: collections.Counter[str] = collections.Counter()
         """What this worker did, by event: claimed, succeeded, retried, dead, cancelled,
         lease_lost, reaped, released — the counts the metrics read."""
-        self._observers: list[TaskObserver] = []
+        self._listeners = Listeners()
 
-    def add_observer(self, observer: TaskObserver) -> None:
-        """Call ``observer(event, task, fields)`` on each task event this worker logs.
+    def add_listener(self, listener: Listener, *, kinds: Iterable[str] | None = None) -> None:
+        """Call ``listener(event)`` for each task event this worker logs (or those of
+        ``kinds``), as the resilience strategies do: ``event.kind`` is the event
+        (``claimed``, ``succeeded``, ``retried``, ``dead`` ...), ``event.attributes``
+        holds the ``task`` and the logged fields. An attempt that ends carries
+        ``seconds``, its run time on the worker's clock.
 
-        An attempt that ends (``succeeded``, ``retried``, ``dead``, ``cancelled``, or
-        ``lease_lost`` after finishing) carries ``fields["seconds"]``, its run time.
-        Observers run on the worker's loop, so they must be quick; one that raises
+        Listeners run on the worker's loop, so they must be quick; one that raises
         is logged and ignored.
 
-        >>> worker.add_observer(lambda event, task, fields: print(event, task.name))
+        >>> worker.add_listener(lambda e: print(e.kind, e.attributes["task"].name))
         """
-        if not callable(observer):
-            raise TypeError(f"Worker.add_observer needs a callable, got {observer!r}")
-        self._observers.append(observer)
+        if not callable(listener):
+            raise TypeError(f"Worker.add_listener needs a callable, got {listener!r}")
+        self._listeners.add(listener, kinds)
 
-    def remove_observer(self, observer: TaskObserver) -> None:
-        """Stop calling ``observer``; ValueError if it was not added."""
-        self._observers.remove(observer)
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; ValueError if it was not added."""
+        self._listeners.remove(listener)
 
     def stop(self) -> None:
         """Stop claiming; running tasks get ``grace`` seconds, the rest go back to the queue."""
@@ -325,12 +329,8 @@ class Worker:
     def _event(self, name: str, level: int, message: str, task: Task, **fields: Any) -> None:
         """Count an event and log it as a structured record (fields in ``extra``)."""
         self.events[name] += 1
-        for observer in self._observers:
-            try:
-                observer(name, task, fields)
-            except Exception:
-                # Metrics and the like must never break the worker.
-                log.exception("worker %s: observer %r failed on %s", self.id, observer, name)
+        if self._listeners:
+            self._listeners.emit(self.id, name, self.clock.now(), task=task, **fields)
         if log.isEnabledFor(level):
             log.log(
                 level,
