@@ -181,9 +181,9 @@ async def test_a_check_returning_the_wrong_type_is_unhealthy(clock: ManualClock)
 
 def test_bad_arguments_are_refused() -> None:
     """Duplicate names, bad timeouts and non-callables get clear errors."""
-    with pytest.raises(ValueError, match="positive number of seconds"):
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
         Health(timeout=0)
-    with pytest.raises(ValueError, match="positive number of seconds"):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
         Health(timeout=float("nan"))
     health = Health()
     health.add("a", returning(HEALTHY))

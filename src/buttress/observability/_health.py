@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from buttress.clock import Clock
 from buttress.errors import redact
 from buttress.resilience import CircuitBreaker, CircuitState, Registry, default_registry
-from buttress.resilience._common import resolve_clock
+from buttress.resilience._common import Duration, check_seconds, resolve_clock
 
 if TYPE_CHECKING:
     from buttress.cache import Cache, SyncCache
@@ -115,8 +114,8 @@ class Health:
     and latencies run on ``clock`` (the system clock unless given).
     """
 
-    def __init__(self, timeout: float = 2.0, *, clock: Clock | None = None) -> None:
-        self.timeout = _check_timeout("Health", timeout)
+    def __init__(self, timeout: Duration = 2.0, *, clock: Clock | None = None) -> None:
+        self.timeout = check_seconds("Health", "timeout", timeout, allow_zero=False)
         self._clock = resolve_clock("Health", clock)
         self._checks: dict[str, _Entry] = {}
 
@@ -126,7 +125,7 @@ class Health:
         check: HealthCheck,
         *,
         critical: bool = False,
-        timeout: float | None = None,
+        timeout: Duration | None = None,
     ) -> None:
         """Add ``check`` as ``name``; ``critical=True`` lets it make the service unhealthy.
 
@@ -143,7 +142,11 @@ class Health:
             )
         if not isinstance(critical, bool):
             raise TypeError(f"Health.add: critical must be True or False, got {critical!r}")
-        limit = self.timeout if timeout is None else _check_timeout("Health.add", timeout)
+        limit = (
+            self.timeout
+            if timeout is None
+            else check_seconds("Health.add", "timeout", timeout, allow_zero=False)
+        )
         self._checks[name] = _Entry(check, critical, limit)
 
     @property
@@ -211,17 +214,6 @@ def _consume(job: asyncio.Future[Any]) -> None:
 
 def _failed(error: str) -> ComponentHealth:
     return ComponentHealth(HealthStatus.UNHEALTHY, error=redact(error))
-
-
-def _check_timeout(where: str, timeout: object) -> float:
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ValueError(f"{where}: timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
 
 
 # --- checks -----------------------------------------------------------------------------
