@@ -21,7 +21,6 @@ from fastapi import FastAPI
 
 from buttress._version import __version__
 from buttress.config import Settings
-from buttress.observability import Metrics
 
 # Imported for their endpoints, which join the router (after its own probes).
 from buttress.web import _cache_routes, _resilience_routes, _task_routes  # noqa: F401
@@ -44,15 +43,11 @@ def install(app: FastAPI, service: Service | None = None) -> None:
         _run_with(app, service)
     install_problem_handlers(app)
 
-    def current_metrics() -> Metrics | None:
+    def current_service() -> Service | None:
         found: Service | None = getattr(app.state, "buttress", None)
-        return None if found is None else found.metrics
+        return found
 
-    app.add_middleware(
-        RequestMiddleware,
-        max_body_bytes=(service.settings.max_body_bytes if service else 1_048_576),
-        metrics=current_metrics,
-    )
+    app.add_middleware(RequestMiddleware, service=current_service)
 
 
 def _run_with(app: FastAPI, service: Service) -> None:

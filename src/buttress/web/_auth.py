@@ -11,12 +11,10 @@ from fastapi import Depends, Request
 
 from buttress.config import hash_api_key, is_loopback
 from buttress.errors import ForbiddenError, RateLimitedError, UnauthenticatedError
+from buttress.web._http import STATE_HEADERS
 from buttress.web._service import Service
 
 __all__ = ["Admin", "Caller", "Principal", "get_service"]
-
-STATE_HEADERS = "buttress_headers"
-"""Key in the request's state of extra response headers (the rate limit's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +86,7 @@ def _limit(request: Request, service: Service, key: str) -> None:
         return
     decision = limiter.decide(key)
     window = decision.limit * limit.per / limit.rate  # a full burst refills in this long
-    request.state.buttress_headers = [
+    request.scope.setdefault("state", {})[STATE_HEADERS] = [
         (b"ratelimit-limit", str(decision.limit).encode()),
         (b"ratelimit-remaining", str(decision.remaining).encode()),
         (b"ratelimit-reset", str(math.ceil(decision.reset_after)).encode()),

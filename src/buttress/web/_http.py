@@ -11,12 +11,11 @@ import functools
 import http
 import json
 import logging
-import math
 import os
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from buttress.observability import Metrics
+    from buttress.web._service import Service
 
 __all__ = ["PROBLEM_JSON", "RequestMiddleware", "install_problem_handlers", "problem_response"]
 
@@ -58,6 +58,9 @@ log = logging.getLogger("buttress.web")
 PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED = "<unmatched>"
+DEFAULT_MAX_BODY = 1_048_576
+STATE_HEADERS = "buttress_headers"
+"""Key in the request's state of extra response headers (the rate limit's)."""
 
 
 class _BodyTooLarge(StarletteHTTPException):
@@ -86,7 +89,7 @@ def problem_response(
         extra["WWW-Authenticate"] = 'Bearer realm="buttress"'
     return Response(
         json.dumps(problem, separators=(",", ":")).encode(),
-        status_code=int(str(problem["status"])),
+        status_code=cast(int, problem["status"]),
         media_type=PROBLEM_JSON,
         headers=extra,
     )
@@ -131,14 +134,19 @@ _BY_STATUS: dict[int, type[ButtressError]] = {
 
 
 @functools.cache
+def _phrase(status: int) -> str | None:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return None
+
+
+@functools.cache
 def _error_class(status: int) -> type[ButtressError]:
     known = _BY_STATUS.get(status)
     if known is not None:
         return known
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
+    phrase = _phrase(status) or "Error"
     attributes = {
         "code": f"http_{status}",
         "status": status,
@@ -156,13 +164,13 @@ def _http_error(exc: StarletteHTTPException) -> ButtressError:
     if exc.status_code == 404:
         return NotFoundError("no such resource")
     cls = _error_class(exc.status_code)
-    phrase = http.HTTPStatus(exc.status_code).phrase if exc.status_code in _PHRASES else None
     # A 4xx detail was written for the client; a 5xx detail stays in the logs.
-    shown = str(exc.detail) if exc.status_code < 500 and exc.detail != phrase else None
+    shown = (
+        str(exc.detail)
+        if exc.status_code < 500 and exc.detail != _phrase(exc.status_code)
+        else None
+    )
     return cls(shown, detail=None if shown else str(exc.detail))
-
-
-_PHRASES = frozenset(status.value for status in http.HTTPStatus)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -200,10 +208,12 @@ class _Exchange:
         "status",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, request_id: str
+    ) -> None:
         self.scope, self.receive, self.send, self.limit = scope, receive, send, limit
         self.started = time.perf_counter()
-        self.request_id = _request_id(scope)
+        self.request_id = request_id
         self.status = 500
         self.response_started = False
         self.received = 0
@@ -224,7 +234,7 @@ class _Exchange:
             headers.append((b"x-request-id", self.request_id.encode()))
             elapsed = (time.perf_counter() - self.started) * 1000
             headers.append((b"server-timing", f"app;dur={elapsed:.1f}".encode()))
-            extra = self.scope.get("state", {}).get("buttress_headers")
+            extra = self.scope.get("state", {}).get(STATE_HEADERS)
             if extra:
                 headers.extend(extra)
             message = {**message, "headers": headers}
@@ -245,32 +255,28 @@ class RequestMiddleware:
     back), ``Server-Timing``, the body size limit (413), HTTP metrics by route
     template, and a problem response for any error nothing else handled."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_body_bytes: int,
-        metrics: Callable[[], Metrics | None],
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, service: Callable[[], Service | None]) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.metrics = metrics
+        self.service = service  # looked up per request: an app may get its service late
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(scope, receive, send, self.max_body_bytes)
-        token = set_request_id(exchange.request_id)
+        service = self.service()
+        limit = service.settings.max_body_bytes if service is not None else DEFAULT_MAX_BODY
+        request_id, declared = _read_headers(scope)
+        exchange = _Exchange(scope, receive, send, limit, request_id)
+        token = set_request_id(request_id)
         try:
-            declared = _content_length(scope)
-            if declared is not None and declared > exchange.limit:
+            if declared is not None and declared > limit:
                 await exchange.refuse(PayloadTooLargeError(max_bytes=exchange.limit))
             else:
                 await self._call(exchange)
         finally:
             reset_request_id(token)
-            self._observe(scope, exchange.status, exchange.started)
+            if service is not None:
+                _observe(service.metrics, scope, exchange.status, exchange.started)
 
     async def _call(self, exchange: _Exchange) -> None:
         try:
@@ -290,17 +296,15 @@ class RequestMiddleware:
             )
             await exchange.refuse(exc, problem)
 
-    def _observe(self, scope: Scope, status: int, started: float) -> None:
-        metrics = self.metrics()
-        if metrics is None:
-            return
-        method = scope["method"]
-        metrics.observe_request(
-            method if method in _METHODS else "OTHER",  # clients may send any token
-            route_template(scope),
-            status,
-            time.perf_counter() - started,
-        )
+
+def _observe(metrics: Metrics, scope: Scope, status: int, started: float) -> None:
+    method = scope["method"]
+    metrics.observe_request(
+        method if method in _METHODS else "OTHER",  # clients may send any token
+        route_template(scope),
+        status,
+        time.perf_counter() - started,
+    )
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -323,22 +327,17 @@ def route_template(scope: Scope) -> str:
     return "/".join(segments[: len(segments) - own]) + template
 
 
-def _request_id(scope: Scope) -> str:
+def _read_headers(scope: Scope) -> tuple[str, int | None]:
+    """The request id to use and the declared body length, in one pass."""
+    request_id = declared = None
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == b"x-request-id" and request_id is None:
             candidate: str = value.decode("latin-1")
-            if _REQUEST_ID.fullmatch(candidate):
-                return candidate
-            break  # a malformed id (or an attempt to inject into logs) is replaced
-    return os.urandom(16).hex()  # as unique as a uuid4, without building one
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                return None
-            return length if length >= 0 and math.isfinite(length) else None
-    return None
+            # A malformed id (or an attempt to inject into logs) is replaced.
+            request_id = candidate if _REQUEST_ID.fullmatch(candidate) else ""
+        elif name == b"content-length" and declared is None:
+            declared = int(value) if value.isdigit() else -1
+    return (
+        request_id or os.urandom(16).hex(),  # as unique as a uuid4, without building one
+        declared if declared is not None and declared >= 0 else None,
+    )
