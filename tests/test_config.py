@@ -28,6 +28,7 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 
 def test_the_defaults_are_the_embedded_safe_ones() -> None:
+    """With nothing set: localhost, a local SQLite queue, a memory cache, no keys, a rate limit."""
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.queue_url == "sqlite:///buttress.db"
@@ -37,6 +38,7 @@ def test_the_defaults_are_the_embedded_safe_ones() -> None:
 
 
 def test_nested_variables_configure_each_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`BUTTRESS_<KIND>__<NAME>__<FIELD>` variables configure each named dependency."""
     monkeypatch.setenv("BUTTRESS_BREAKERS__OPENAI__FAILURE_THRESHOLD", "3")
     monkeypatch.setenv("BUTTRESS_BREAKERS__OPENAI__RECOVERY_TIMEOUT", "12.5")
     monkeypatch.setenv("BUTTRESS_RETRIES__OPENAI__ATTEMPTS", "5")
@@ -64,6 +66,7 @@ def test_nested_variables_configure_each_dependency(monkeypatch: pytest.MonkeyPa
 def test_a_dotenv_file_is_read_and_the_environment_wins(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """A `.env` file is read, and the environment overrides it."""
     (tmp_path / ".env").write_text("BUTTRESS_PORT=9001\nBUTTRESS_LOG_LEVEL=DEBUG\n")
     monkeypatch.setenv("BUTTRESS_LOG_LEVEL", "WARNING")
     settings = load_settings()
@@ -87,6 +90,7 @@ def test_a_dotenv_file_is_read_and_the_environment_wins(
 def test_an_invalid_setting_fails_at_start_up_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
+    """An invalid setting stops start-up with an error naming its variable."""
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigurationError) as raised:
         load_settings()
@@ -96,6 +100,7 @@ def test_an_invalid_setting_fails_at_start_up_naming_the_variable(
 def test_api_keys_are_kept_as_digests_and_short_keys_are_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """API keys are kept as digests, default to the user role, and must be long enough."""
     key = "k" * 32
     monkeypatch.setenv("BUTTRESS_API_KEYS", f'{{"{key}": {{"owner": "alice"}}}}')
     settings = load_settings()
@@ -110,6 +115,7 @@ def test_api_keys_are_kept_as_digests_and_short_keys_are_refused(
 
 
 def test_a_count_window_must_be_whole() -> None:
+    """A count window must be a whole number; a time window need not be."""
     with pytest.raises(ValueError, match="whole number"):
         BreakerSettings(window=2.5)
     assert BreakerSettings(window=2.5, window_type="time").window == 2.5
@@ -118,12 +124,14 @@ def test_a_count_window_must_be_whole() -> None:
 
 
 def test_settings_are_frozen() -> None:
+    """Settings can't be changed once loaded."""
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1
 
 
 def test_the_api_rate_limit_can_be_turned_off_or_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`BUTTRESS_API_RATE_LIMIT` turns the API's rate limit off (`null`) or tunes it."""
     monkeypatch.setenv("BUTTRESS_API_RATE_LIMIT", "null")
     assert load_settings().api_rate_limit is None
     monkeypatch.setenv("BUTTRESS_API_RATE_LIMIT", '{"rate": 5, "burst": 10}')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from webkit import ADMIN, ALICE, BOB, KEYS, MakeService, auth, client_for
 
 from buttress.cache import Cache
 from buttress.clock import ManualClock
@@ -21,61 +22,7 @@ from buttress.resilience import Bulkhead, RateLimiter, Registry
 from buttress.tasks import TaskStatus, Worker
 from buttress.web import Service, create_app, install, router
 
-ADMIN = "admin-key-000000000000"
-ALICE = "alice-key-000000000000"
-BOB = "bob-key-00000000000000"
-KEYS = {
-    ADMIN: {"owner": "ops", "role": "admin"},
-    ALICE: {"owner": "alice", "role": "user"},
-    BOB: {"owner": "bob", "role": "user"},
-}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
-
-
-def make_service(tmp_path: Path, clock: ManualClock, **overrides: Any) -> Service:
-    settings = load_settings(
-        **{
-            "queue_url": f"sqlite:///{tmp_path}/queue.db",
-            "worker": False,
-            "api_keys": KEYS,
-            "_env_file": None,
-            **overrides,
-        }
-    )
-    service = Service(settings, registry=Registry(), clock=clock)
-
-    @service.queue.task(retries=0)
-    async def echo(x: int = 0) -> int:
-        return x
-
-    @service.queue.task(retries=0)
-    async def explode() -> None:
-        raise ConnectionError("the upstream said no")
-
-    return service
-
-
-Client = Callable[..., Awaitable[httpx.AsyncClient]]
-
-
-@pytest.fixture
-async def service(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Service]:
-    svc = make_service(tmp_path, clock)
-    yield svc
-    await svc.stop()
-
-
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://buttress")
-
-
-@pytest.fixture
-async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(create_app(service=service)) as c:
-        yield c
+pytest_plugins = ["webfixtures"]
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -104,6 +51,7 @@ async def submit(client: httpx.AsyncClient, key: str, name: str = "echo", **body
 async def test_a_request_id_is_echoed_or_made_and_server_timing_is_sent(
     client: httpx.AsyncClient,
 ) -> None:
+    """Every answer carries a request id (the client's, if safe to log) and a Server-Timing."""
     given = await client.get("/api/v1/health", headers={"x-request-id": "req-42.a"})
     assert given.headers["x-request-id"] == "req-42.a"
     assert given.headers["server-timing"].startswith("app;dur=")
@@ -115,6 +63,7 @@ async def test_a_request_id_is_echoed_or_made_and_server_timing_is_sent(
 
 
 async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient) -> None:
+    """An unknown route is a 404 problem; a wrong method a 405 with an Allow header."""
     assert_problem(await client.get("/api/v1/nothing-here", headers=auth(ADMIN)), 404, "not_found")
     wrong = await client.delete("/api/v1/health")
     assert_problem(wrong, 405, "method_not_allowed")
@@ -122,6 +71,7 @@ async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient
 
 
 async def test_validation_errors_name_the_field_paths(client: httpx.AsyncClient) -> None:
+    """A bad body is a 400 problem naming each wrong field by its path."""
     response = await client.post(
         "/api/v1/tasks",
         json={"name": "echo", "priority": "urgent", "delay": -1, "extra": 1},
@@ -141,6 +91,7 @@ async def test_validation_errors_name_the_field_paths(client: httpx.AsyncClient)
 async def test_arguments_the_task_cannot_take_are_refused_before_storing(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """A task submitted with arguments its function can't take is refused, not stored."""
     response = await client.post(
         "/api/v1/tasks", json={"name": "echo", "kwargs": {"y": 1}}, headers=auth(ALICE)
     )
@@ -152,6 +103,7 @@ async def test_arguments_the_task_cannot_take_are_refused_before_storing(
 async def test_an_unregistered_task_name_is_refused_listing_the_known_ones(
     client: httpx.AsyncClient,
 ) -> None:
+    """Submitting an unknown task name is a 400 that lists the registered tasks."""
     response = await client.post("/api/v1/tasks", json={"name": "nope"}, headers=auth(ALICE))
     body = assert_problem(response, 400, "validation_failed")
     assert body["errors"][0]["field"] == "body.name"
@@ -159,9 +111,10 @@ async def test_an_unregistered_task_name_is_refused_listing_the_known_ones(
 
 
 async def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(
-    tmp_path: Path, clock: ManualClock
+    make_service: MakeService,
 ) -> None:
-    service = make_service(tmp_path, clock, max_body_bytes=1000)
+    """A body over `max_body_bytes` is a 413, with or without a Content-Length."""
+    service = make_service(max_body_bytes=1000)
     async with client_for(create_app(service=service)) as client:
         big = {"name": "echo", "metadata": {"pad": "x" * 2000}}
         declared = await client.post("/api/v1/tasks", json=big, headers=auth(ALICE))
@@ -182,6 +135,7 @@ async def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(
 async def test_an_unhandled_error_is_a_500_problem_with_its_id_logged_not_sent(
     service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An unhandled error is a 500 problem hiding its message, logged under its error id."""
     app = FastAPI()
 
     @app.get("/boom")
@@ -202,6 +156,7 @@ async def test_an_unhandled_error_is_a_500_problem_with_its_id_logged_not_sent(
 
 
 async def test_the_router_mounts_under_a_prefix_in_another_app(service: Service) -> None:
+    """The ops router works mounted under a prefix in an application's own app."""
     app = FastAPI()
     app.include_router(router, prefix="/ops")
     install(app, service)
@@ -218,6 +173,7 @@ async def test_the_router_mounts_under_a_prefix_in_another_app(service: Service)
 async def test_requests_without_a_valid_key_are_401_with_a_challenge(
     client: httpx.AsyncClient,
 ) -> None:
+    """A missing, unknown or non-Bearer key is a 401 with a Bearer challenge."""
     missing = await client.get("/api/v1/tasks")
     assert_problem(missing, 401, "unauthenticated")
     assert missing.headers["www-authenticate"].startswith("Bearer")
@@ -249,6 +205,7 @@ async def test_requests_without_a_valid_key_are_401_with_a_challenge(
 async def test_mutating_ops_endpoints_need_the_admin_role(
     client: httpx.AsyncClient, service: Service, method: str, path: str, body: Any
 ) -> None:
+    """Endpoints that change breakers, the cache or many tasks refuse a user: 403, no change."""
     service.add_breaker("payments", load_settings(_env_file=None).breakers.get("x") or _breaker())
     await service.cache.set("k", "kept")
     task_id = await submit(client, ALICE)
@@ -269,9 +226,10 @@ def _breaker() -> Any:
 
 
 async def test_with_no_keys_configured_every_local_caller_is_admin(
-    tmp_path: Path, clock: ManualClock
+    make_service: MakeService,
 ) -> None:
-    service = make_service(tmp_path, clock, api_keys={})
+    """With no API keys configured, a local caller is an admin and its tasks are `local`'s."""
+    service = make_service(api_keys={})
     assert service.open_access
     async with client_for(create_app(service=service)) as client:
         created = await client.post("/api/v1/circuit-breakers", json={"name": "open"})
@@ -282,6 +240,7 @@ async def test_with_no_keys_configured_every_local_caller_is_admin(
 
 
 def test_api_keys_are_held_hashed() -> None:
+    """Settings hold only digests of the API keys: no dump or repr shows a key."""
     settings = load_settings(api_keys=KEYS, _env_file=None)
     dumped = settings.model_dump_json() + repr(settings)
     for key in KEYS:
@@ -295,6 +254,7 @@ def test_api_keys_are_held_hashed() -> None:
 async def test_a_submitted_task_is_the_callers_and_answers_202(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """A submitted task is stored as the caller's and answered with a 202 describing it."""
     response = await client.post(
         "/api/v1/tasks",
         json={"name": "echo", "kwargs": {"x": 7}, "priority": "high", "tags": ["t1"]},
@@ -316,6 +276,7 @@ async def test_a_submitted_task_is_the_callers_and_answers_202(
 async def test_a_user_never_sees_counts_or_changes_another_owners_task(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """A user sees, counts and changes only their own tasks; an admin sees everyone's."""
     alices = await submit(client, ALICE)
     await submit(client, BOB)
     for method, path in [
@@ -340,6 +301,7 @@ async def test_a_user_never_sees_counts_or_changes_another_owners_task(
 
 
 async def test_listing_filters_and_pages(client: httpx.AsyncClient) -> None:
+    """Task listings page by cursor and filter by priority."""
     ids = [await submit(client, ALICE, priority="low") for _ in range(3)]
     high = await submit(client, ALICE, priority="high")
     first = (await client.get("/api/v1/tasks", params={"limit": 2}, headers=auth(ALICE))).json()
@@ -356,6 +318,7 @@ async def test_listing_filters_and_pages(client: httpx.AsyncClient) -> None:
 async def test_cancel_and_retry_act_on_the_callers_task(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """A user cancels and retries their own task; retrying a queued task is a 409."""
     task_id = await submit(client, ALICE)
     retry_queued = await client.post(f"/api/v1/tasks/{task_id}/retry", headers=auth(ALICE))
     assert_problem(retry_queued, 409, "conflict")
@@ -369,6 +332,7 @@ async def test_cancel_and_retry_act_on_the_callers_task(
 async def test_dead_letters_are_listed_per_owner_and_reprocessed_by_an_admin(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """Each owner lists their own dead letters, counted by error; an admin requeues them."""
     dead = await submit(client, ALICE, name="explode")
     await submit(client, BOB, name="explode")
     await Worker(service.queue, signals=False).run(until_empty=True)
@@ -387,6 +351,7 @@ async def test_dead_letters_are_listed_per_owner_and_reprocessed_by_an_admin(
 
 
 async def test_bulk_actions_and_cleanup(client: httpx.AsyncClient, service: Service) -> None:
+    """An admin cancels, retries and deletes tasks in bulk and cleans up old ones."""
     ids = [await submit(client, ALICE) for _ in range(3)]
     refused = await client.post(
         "/api/v1/tasks/bulk", json={"action": "cancel"}, headers=auth(ADMIN)
@@ -422,6 +387,7 @@ async def test_bulk_actions_and_cleanup(client: httpx.AsyncClient, service: Serv
 async def test_breakers_are_listed_registered_reset_and_forced_open(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """Circuit breakers are listed, registered, forced open and reset over the API."""
     created = await client.post(
         "/api/v1/circuit-breakers",
         json={"name": "payments", "failure_threshold": 2},
@@ -447,10 +413,9 @@ async def test_breakers_are_listed_registered_reset_and_forced_open(
     assert_problem(missing, 404, "not_found")
 
 
-async def test_breakers_from_settings_are_registered_at_start(
-    tmp_path: Path, clock: ManualClock
-) -> None:
-    service = make_service(tmp_path, clock, breakers={"openai": {"failure_threshold": 3}})
+async def test_breakers_from_settings_are_registered_at_start(make_service: MakeService) -> None:
+    """Breakers configured in the settings are there from the start."""
+    service = make_service(breakers={"openai": {"failure_threshold": 3}})
     async with client_for(create_app(service=service)) as client:
         got = await client.get("/api/v1/circuit-breakers/openai", headers=auth(ALICE))
         assert got.status_code == 200
@@ -461,6 +426,7 @@ async def test_breakers_from_settings_are_registered_at_start(
 async def test_bulkheads_and_rate_limiters_are_listed(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """The registry's bulkheads and rate limiters are listed with their live counts."""
     bulkhead = Bulkhead(3, max_queue=1, name="db", registry=service.registry)
     limiter = RateLimiter(5, per=1, name="outbound", registry=service.registry)
     limiter.try_acquire("k")
@@ -480,6 +446,7 @@ async def test_bulkheads_and_rate_limiters_are_listed(
 async def test_cache_keys_batches_invalidation_warming_and_clearing(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """The cache is read, written, invalidated, warmed and cleared over the API."""
     admin = auth(ADMIN)
     put = await client.put(
         "/api/v1/cache/keys/user:1", json={"value": {"n": 1}, "tags": ["users"]}, headers=admin
@@ -531,6 +498,7 @@ async def test_cache_keys_batches_invalidation_warming_and_clearing(
 async def test_readiness_is_200_when_healthy_or_degraded_and_503_when_the_queue_is_dead(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """Readiness is 200 while healthy or degraded and 503 once the queue is gone."""
     ready = await client.get("/api/v1/health/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "healthy"
@@ -554,6 +522,7 @@ async def test_readiness_is_200_when_healthy_or_degraded_and_503_when_the_queue_
 async def test_readiness_is_degraded_when_the_redis_tier_is_lost(
     tmp_path: Path, clock: ManualClock, fresh_redis: Any
 ) -> None:
+    """Losing the Redis cache tier makes readiness degraded, not unhealthy."""
     cache = Cache.from_url(fresh_redis.url, name="ops")
     service = Service(
         load_settings(queue_url=f"sqlite:///{tmp_path}/q.db", worker=False, _env_file=None),
@@ -572,6 +541,7 @@ async def test_readiness_is_degraded_when_the_redis_tier_is_lost(
 async def test_metrics_count_requests_by_route_template(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """Request metrics are labelled by route template, never by ids in the path."""
     task_id = await submit(client, ALICE)
     await client.get(f"/api/v1/tasks/{task_id}", headers=auth(ALICE))
     await client.get("/api/v1/tasks/another-id", headers=auth(ALICE))
@@ -601,9 +571,10 @@ async def test_metrics_count_requests_by_route_template(
 
 
 async def test_each_principal_is_rate_limited_with_ratelimit_headers(
-    tmp_path: Path, clock: ManualClock
+    make_service: MakeService, clock: ManualClock
 ) -> None:
-    service = make_service(tmp_path, clock, api_rate_limit={"rate": 1, "per": 1, "burst": 2})
+    """Each principal has its own API rate limit, announced in RateLimit headers."""
+    service = make_service(api_rate_limit={"rate": 1, "per": 1, "burst": 2})
     async with client_for(create_app(service=service)) as client:
         first = await client.get("/api/v1/circuit-breakers", headers=auth(ALICE))
         assert first.headers["ratelimit-limit"] == "2"
@@ -626,6 +597,8 @@ async def test_each_principal_is_rate_limited_with_ratelimit_headers(
 async def test_values_json_cannot_carry_are_shown_not_a_500(
     client: httpx.AsyncClient, service: Service
 ) -> None:
+    """Bytes, datetimes and infinities in tasks or the cache are shown as JSON, not a 500."""
+
     @service.queue.task
     async def archive(blob: bytes, when: datetime.datetime) -> None:
         return None
@@ -641,9 +614,10 @@ async def test_values_json_cannot_carry_are_shown_not_a_500(
 
 
 async def test_failed_authentication_is_charged_to_the_client_address(
-    tmp_path: Path, clock: ManualClock
+    make_service: MakeService,
 ) -> None:
-    service = make_service(tmp_path, clock, api_rate_limit={"rate": 1, "per": 1, "burst": 2})
+    """Failed authentication is rate limited per client address; the right key still works."""
+    service = make_service(api_rate_limit={"rate": 1, "per": 1, "burst": 2})
     async with client_for(create_app(service=service)) as client:
         for _ in range(2):
             guess = await client.get("/api/v1/tasks", headers=auth("guess-" + "0" * 20))
@@ -655,10 +629,9 @@ async def test_failed_authentication_is_charged_to_the_client_address(
     await service.stop()
 
 
-async def test_with_no_keys_only_local_callers_are_served(
-    tmp_path: Path, clock: ManualClock
-) -> None:
-    service = make_service(tmp_path, clock, api_keys={})
+async def test_with_no_keys_only_local_callers_are_served(make_service: MakeService) -> None:
+    """With no API keys configured, only local callers are served."""
+    service = make_service(api_keys={})
     app = create_app(service=service)
     remote = httpx.ASGITransport(app=app, client=("203.0.113.7", 5000))
     async with httpx.AsyncClient(transport=remote, base_url="http://buttress") as client:
@@ -670,6 +643,7 @@ async def test_with_no_keys_only_local_callers_are_served(
 
 
 async def test_cache_keys_may_hold_slashes(client: httpx.AsyncClient, service: Service) -> None:
+    """Cache keys may contain slashes."""
     admin = auth(ADMIN)
     put = await client.put("/api/v1/cache/keys/users/42/profile", json={"value": 1}, headers=admin)
     assert put.status_code == 204
@@ -679,6 +653,7 @@ async def test_cache_keys_may_hold_slashes(client: httpx.AsyncClient, service: S
 
 
 async def test_a_stopped_service_does_not_start_again(service: Service) -> None:
+    """Stopping a service twice is harmless; a stopped service refuses to start again."""
     await service.stop()
     await service.stop()  # idempotent
     with pytest.raises(RuntimeError, match="stopped"):
@@ -686,9 +661,10 @@ async def test_a_stopped_service_does_not_start_again(service: Service) -> None:
 
 
 async def test_the_cache_url_setting_puts_redis_behind_memory(
-    tmp_path: Path, clock: ManualClock, redis_url: str
+    make_service: MakeService, redis_url: str
 ) -> None:
-    service = make_service(tmp_path, clock, cache_url=redis_url)
+    """`cache_url` puts a shared Redis tier behind the memory one, visible in the metrics."""
+    service = make_service(cache_url=redis_url)
     async with client_for(create_app(service=service)) as client:
         admin = auth(ADMIN)
         await client.put("/api/v1/cache/keys/shared", json={"value": [1, 2]}, headers=admin)
@@ -706,4 +682,25 @@ async def test_the_cache_url_setting_puts_redis_behind_memory(
             if s.name == "buttress_cache_tier_available"
         }
         assert tiers == {"memory", "redis"}
+    await service.stop()
+
+
+async def test_an_app_that_only_includes_the_router_gets_a_service_from_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`install(app)` without a service: one is built from BUTTRESS_* on first use,
+    and its settings hold, the body limit included."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUTTRESS_QUEUE_URL", f"sqlite:///{tmp_path}/env.db")
+    monkeypatch.setenv("BUTTRESS_MAX_BODY_BYTES", "200")
+    monkeypatch.setenv("BUTTRESS_WORKER", "false")
+    app = FastAPI()
+    app.include_router(router)
+    install(app)
+    async with client_for(app) as client:
+        assert (await client.get("/api/v1/health/ready")).json()["status"] == "healthy"
+        service: Service = app.state.buttress
+        assert service.settings.max_body_bytes == 200
+        big = await client.post("/api/v1/tasks", json={"name": "x", "metadata": {"p": "x" * 300}})
+        assert_problem(big, 413, "payload_too_large")
     await service.stop()

@@ -1,5 +1,5 @@
-"""Edge cases of the ops service found in review: each test states what a user
-relies on, and its docstring what used to happen instead."""
+"""Edge cases of the ops service found in review: each test's docstring states
+what a user relies on, then what used to happen instead."""
 
 from __future__ import annotations
 
@@ -7,72 +7,24 @@ import io
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from prometheus_client.parser import text_string_to_metric_families
+from webkit import ADMIN, BOB, MakeService, auth, client_for
 
-from buttress.clock import ManualClock
 from buttress.config import load_settings
 from buttress.errors import ConfigurationError
 from buttress.observability import configure_logging
-from buttress.resilience import Registry
 from buttress.tasks import Worker
 from buttress.web import Service, create_app, install, router
 
-ADMIN = "admin-key-000000000000"
-BOB = "bob-key-00000000000000"
-KEYS = {ADMIN: {"owner": "ops", "role": "admin"}, BOB: {"owner": "bob", "role": "user"}}
+pytest_plugins = ["webfixtures"]
+
 JSON = {"content-type": "application/json"}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
-
-
-def make_service(tmp_path: Path, clock: ManualClock, **overrides: Any) -> Service:
-    settings = load_settings(
-        **{
-            "queue_url": f"sqlite:///{tmp_path}/queue.db",
-            "worker": False,
-            "api_keys": KEYS,
-            "_env_file": None,
-            **overrides,
-        }
-    )
-    service = Service(settings, registry=Registry(), clock=clock)
-
-    @service.queue.task(retries=0)
-    async def echo(*args: Any, **kwargs: Any) -> None:
-        return None
-
-    @service.queue.task(retries=0)
-    async def explode() -> None:
-        raise ConnectionError("the upstream said no")
-
-    return service
-
-
-def client_for(app: FastAPI, root_path: str = "") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, root_path=root_path)
-    return httpx.AsyncClient(transport=transport, base_url="http://buttress")
-
-
-@pytest.fixture
-async def service(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Service]:
-    svc = make_service(tmp_path, clock)
-    yield svc
-    await svc.stop()
-
-
-@pytest.fixture
-async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(create_app(service=service)) as c:
-        yield c
 
 
 def route_labels(text: str) -> set[tuple[str, str]]:
@@ -97,13 +49,11 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 # --- auth ------------------------------------------------------------------------------------
 
 
-async def test_a_64_hex_character_api_key_authenticates(tmp_path: Path, clock: ManualClock) -> None:
-    """`secrets.token_hex(32)` is the obvious way to make the "random token" the
-    settings ask for. Such a key (64 lowercase hex digits) is mistaken for an
-    already-hashed key, stored as is, and then never matches the SHA-256 of what
-    the client sends: every request with it is 401."""
+async def test_a_64_hex_character_api_key_authenticates(make_service: MakeService) -> None:
+    """A key made by `secrets.token_hex(32)` (64 lowercase hex digits) authenticates.
+    (It used to be taken for an already-hashed key, so every request with it was a 401.)"""
     key = "3f" * 32  # what secrets.token_hex(32) looks like
-    service = make_service(tmp_path, clock, api_keys={key: {"owner": "ops", "role": "admin"}})
+    service = make_service(api_keys={key: {"owner": "ops", "role": "admin"}})
     async with client_for(create_app(service=service)) as client:
         response = await client.get("/api/v1/tasks", headers=auth(key))
     await service.stop()
@@ -114,10 +64,8 @@ async def test_a_64_hex_character_api_key_authenticates(tmp_path: Path, clock: M
 
 
 async def test_install_keeps_the_status_of_the_host_apps_http_exceptions(service: Service) -> None:
-    """`install(app, service)` is for an application's own app. Its routes (and
-    FastAPI's security helpers) raise `HTTPException(409)`, `HTTPException(503)`,
-    ...; they must keep their status as problem details. Instead every status
-    other than 404/405/413 becomes a 400 Bad Request (a 503 even loses its detail)."""
+    """`install(app, service)` keeps the status (409, 503, ...) of the host app's own
+    `HTTPException`s in their problem details. (All but 404/405/413 used to become 400.)"""
     app = FastAPI()
 
     @app.get("/conflict")
@@ -153,12 +101,9 @@ async def test_install_keeps_the_status_of_the_host_apps_http_exceptions(service
 async def test_registering_an_impossible_breaker_is_a_validation_error_not_a_500(
     client: httpx.AsyncClient, body: bytes
 ) -> None:
-    """`POST /circuit-breakers` takes the same fields as `BUTTRESS_BREAKERS__…`.
-    A combination CircuitBreaker refuses should be a 4xx naming the problem;
-    `BreakerSettings` accepts it, so CircuitBreaker's ValueError (or an
-    OverflowError from `int(inf)` in `_whole_count_window`) escapes as a 500.
-    The same settings from the environment pass `load_settings` and only fail
-    later in `Service()`, with an error that names no variable."""
+    """`POST /circuit-breakers` answers a breaker CircuitBreaker refuses with a 4xx
+    naming the problem. (Its ValueError, or an OverflowError from `int(inf)`, used
+    to escape as a 500.)"""
     response = await client.post(
         "/api/v1/circuit-breakers", content=body, headers={**auth(ADMIN), **JSON}
     )
@@ -172,10 +117,8 @@ async def test_registering_an_impossible_breaker_is_a_validation_error_not_a_500
 async def test_the_dead_letter_cursor_fetches_the_next_page(
     client: httpx.AsyncClient, service: Service
 ) -> None:
-    """`GET /dead-letters` answers a `cursor` documented as "pass as ?cursor= for
-    the next page", but the endpoint has no `cursor` parameter (nor does
-    `Queue.dead_letters`): passing it returns the first page again, so dead
-    letters past the first page can't be listed."""
+    """The `cursor` `GET /dead-letters` answers fetches the next page. (It used to be
+    ignored: the first page again, so later dead letters could not be listed.)"""
     for _ in range(3):
         submitted = await client.post("/api/v1/tasks", json={"name": "explode"}, headers=auth(BOB))
         assert submitted.status_code == 202
@@ -194,10 +137,8 @@ async def test_the_dead_letter_cursor_fetches_the_next_page(
 async def test_a_users_deeply_nested_task_args_do_not_break_the_admins_task_list(
     client: httpx.AsyncClient,
 ) -> None:
-    """A user submits a task whose args nest 300 lists deep (well under the body
-    limit). The task is stored, but `json_safe` ("never raises") raises
-    "Maximum serialization depth exceeded": the submit answers 500, and from then
-    on every admin `GET /tasks` is a 500 too. One user can break another's view."""
+    """A user's task args nested 300 lists deep leave the admin's `GET /tasks` working.
+    (They used to be stored and then make every task listing a 500.)"""
     nested = b"[" * 300 + b"]" * 300
     await client.post(
         "/api/v1/tasks",
@@ -211,10 +152,9 @@ async def test_a_users_deeply_nested_task_args_do_not_break_the_admins_task_list
 async def test_a_task_tag_json_can_carry_is_not_a_500(
     client: httpx.AsyncClient, service: Service
 ) -> None:
-    """`"\\ud800"` is a valid JSON string escape. A tag holding it is stored, then
-    the 202 response can't be encoded as UTF-8: the client gets a 500 for a task
-    that was in fact queued (a retry queues it twice), and admin listings that
-    include it are 500s. It should be refused (4xx) before it is stored, or shown."""
+    """A tag JSON can carry but UTF-8 can't (`"\\ud800"`) is refused before it is
+    stored, or shown; never a 500. (The task used to be queued and its 202 answer to
+    fail, so a client's retry queued it twice.)"""
     response = await client.post(
         "/api/v1/tasks",
         content=b'{"name": "echo", "tags": ["\\ud800"]}',
@@ -229,9 +169,8 @@ async def test_a_task_tag_json_can_carry_is_not_a_500(
 
 
 async def test_the_method_label_is_bounded(client: httpx.AsyncClient) -> None:
-    """Labels must be bounded. The HTTP method is whatever the client sends
-    (servers accept any token), and each new one makes a new time series, even
-    for unauthenticated requests: anyone can grow `/metrics` without limit."""
+    """The request metrics' method label is bounded, whatever methods clients send.
+    (Each new method used to add a time series, even unauthenticated.)"""
     for index in range(5):
         await client.request(f"PROBE{index}", "/api/v1/health")
     labels = route_labels((await client.get("/metrics")).text)
@@ -240,9 +179,8 @@ async def test_the_method_label_is_bounded(client: httpx.AsyncClient) -> None:
 
 
 async def test_the_route_label_under_a_root_path_is_not_doubled(service: Service) -> None:
-    """Behind a proxy (`uvicorn --root-path /ops`) or mounted in another app, the
-    ASGI `path` already includes `root_path`. `route_template` prepends
-    `root_path` again: `/ops/ops/api/v1/health`."""
+    """Behind a proxy (`uvicorn --root-path /ops`) or mounted in another app, the route
+    label holds the prefix at most once. (It used to be `/ops/ops/api/v1/health`.)"""
     async with client_for(create_app(service=service), root_path="/ops") as client:
         assert (await client.get("/ops/api/v1/health")).status_code == 200
         labels = route_labels((await client.get("/ops/metrics")).text)
@@ -254,9 +192,9 @@ async def test_the_route_label_under_a_root_path_is_not_doubled(service: Service
 async def test_the_route_label_when_an_id_equals_a_later_literal_segment(
     client: httpx.AsyncClient,
 ) -> None:
-    """`route_template` swaps the right-most segment equal to a parameter's value.
-    For `POST /tasks/cancel/cancel` that is the literal `cancel`, giving the
-    label `/api/v1/tasks/cancel/{task_id}`, a route that does not exist."""
+    """The route label is the route's template even when an id equals a later literal
+    segment. (`POST /tasks/cancel/cancel` used to be labelled
+    `/api/v1/tasks/cancel/{task_id}`, a route that does not exist.)"""
     await client.post("/api/v1/tasks/cancel/cancel", headers=auth(ADMIN))
     labels = route_labels((await client.get("/metrics")).text)
     assert ("POST", "/api/v1/tasks/{task_id}/cancel") in labels, labels
@@ -267,9 +205,8 @@ async def test_the_route_label_when_an_id_equals_a_later_literal_segment(
 
 @pytest.mark.usefixtures("_no_ambient_settings")
 def test_an_api_key_error_does_not_show_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Secrets never reach error messages. A typo in a key's role puts the key
-    itself in the start-up error (and so in the logs):
-    `BUTTRESS_API_KEYS__<THE KEY, UPPER-CASED>__ROLE: Input should be …`."""
+    """A start-up error in an API key's settings names `BUTTRESS_API_KEYS`, never the
+    key. (A typo in a key's role used to put the key in the error, and so the logs.)"""
     key = "live-key-7f3a9c2e5b"
     monkeypatch.setenv("BUTTRESS_API_KEYS", json.dumps({key: {"owner": "a", "role": "root"}}))
     with pytest.raises(ConfigurationError) as raised:
@@ -282,9 +219,8 @@ def test_an_api_key_error_does_not_show_the_key(monkeypatch: pytest.MonkeyPatch)
 def test_an_infinite_count_window_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`BUTTRESS_BREAKERS__OPENAI__WINDOW=inf` parses as a float; the whole-number
-    check calls `int(inf)`, and the OverflowError escapes `load_settings` raw
-    instead of a ConfigurationError naming the variable."""
+    """`BUTTRESS_BREAKERS__OPENAI__WINDOW=inf` is a ConfigurationError naming the
+    variable. (The OverflowError from `int(inf)` used to escape `load_settings`.)"""
     monkeypatch.setenv("BUTTRESS_BREAKERS__OPENAI__WINDOW", "inf")
     with pytest.raises(ConfigurationError, match="BUTTRESS_BREAKERS__OPENAI__WINDOW"):
         load_settings()
@@ -294,9 +230,8 @@ def test_an_infinite_count_window_is_a_configuration_error(
 def test_an_error_in_a_union_setting_names_the_real_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`window` is `int | float`: pydantic's error locations end in the union
-    member (`int`, `float`), and `variable_name` turns them into variables that
-    don't exist: `BUTTRESS_BREAKERS__OPENAI__WINDOW__INT`, `…__WINDOW__FLOAT`."""
+    """An invalid `int | float` setting names its own variable. (It used to name ones
+    that don't exist: `BUTTRESS_BREAKERS__OPENAI__WINDOW__INT`, `…__WINDOW__FLOAT`.)"""
     monkeypatch.setenv("BUTTRESS_BREAKERS__OPENAI__WINDOW", "wide")
     with pytest.raises(ConfigurationError) as raised:
         load_settings()
@@ -322,10 +257,8 @@ def log_stream() -> Iterator[io.StringIO]:
 
 
 def test_secrets_in_header_pairs_are_redacted(log_stream: io.StringIO) -> None:
-    """Headers are commonly logged as (name, value) pairs: ASGI `scope["headers"]`,
-    httpx `headers.raw`. `redact` masks `('key', 'value')` pairs in text, but the
-    structured processor scrubs each item on its own, so a Basic credential or an
-    X-Api-Key value in a pair is written out as is."""
+    """Secrets in (name, value) header pairs, as in ASGI `scope["headers"]` or httpx
+    `headers.raw`, are redacted in the logs. (They used to be written out as is.)"""
     logging.getLogger("app").info(
         "request",
         extra={
@@ -341,9 +274,8 @@ def test_secrets_in_header_pairs_are_redacted(log_stream: io.StringIO) -> None:
 
 
 def test_plural_secret_keys_are_redacted(log_stream: io.StringIO) -> None:
-    """Secrets are removed by key. `api_key`, `secret` and `password` are, but
-    their plurals are not: logging `api_keys=` (the setting's own name),
-    `secrets=` or `passwords=` writes every value out."""
+    """Values under plural secret keys (`api_keys`, `secrets`, `passwords`) are
+    redacted like the singular ones. (They used to be written out.)"""
     logging.getLogger("app").info(
         "loaded",
         extra={
