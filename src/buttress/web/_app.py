@@ -22,8 +22,14 @@ from fastapi import FastAPI
 from buttress._version import __version__
 from buttress.config import Settings
 
-# Imported for their endpoints, which join the router (after its own probes).
-from buttress.web import _cache_routes, _resilience_routes, _task_routes  # noqa: F401
+# isort: off
+# Imported for their endpoints, which join the router in this order, after its
+# own probes. FastAPI tries routes one by one, so the most used come first.
+from buttress.web import _task_routes  # noqa: F401
+from buttress.web import _resilience_routes  # noqa: F401
+from buttress.web import _cache_routes  # noqa: F401
+
+# isort: on
 from buttress.web._http import RequestMiddleware, install_problem_handlers
 from buttress.web._router import router
 from buttress.web._service import Service
