@@ -263,16 +263,40 @@ async def test_a_failing_queue_keeps_its_last_numbers_and_reports_down(
         return None
 
     await queue.enqueue(job)
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, clock=clock)
     metrics.watch_queue(queue)
     await metrics.refresh()
     queue.close()  # every backend call raises from now on
+    clock.advance(metrics.refresh_interval)
     with caplog.at_level(logging.ERROR, logger="buttress.observability"):
         await metrics.refresh()
     assert "reading the stats of queue 'default' failed" in caplog.text
     found = samples(metrics)
     assert 0.0 == value(found, "buttress_queue_up", queue="default")
     assert 1.0 == value(found, "buttress_queue_tasks", queue="default", status="queued")
+
+
+async def test_queue_stats_are_read_at_most_once_per_interval_however_hard_scraped(
+    sqlite_queue: Queue, registry: Registry, clock: ManualClock
+) -> None:
+    """/metrics answers anyone: a burst of scrapes costs one stats query per interval."""
+
+    @sqlite_queue.task
+    async def job() -> None:
+        return None
+
+    metrics = Metrics(registry, refresh_interval=1.0, clock=clock)
+    metrics.watch_queue(sqlite_queue)
+    await metrics.refresh()
+    await job.enqueue()
+    for _ in range(5):
+        await metrics.refresh()
+    assert 0.0 == value(samples(metrics), "buttress_queue_tasks", queue="default", status="queued")
+    clock.advance(1.0)
+    await metrics.refresh()
+    assert 1.0 == value(samples(metrics), "buttress_queue_tasks", queue="default", status="queued")
+    with pytest.raises(ValueError, match="refresh_interval"):
+        Metrics(registry, refresh_interval=-1)
 
 
 async def test_dead_letters_are_counted(

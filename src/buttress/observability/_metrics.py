@@ -28,6 +28,7 @@ from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from buttress.clock import Clock
 from buttress.resilience import (
     Bulkhead,
     CircuitBreaker,
@@ -37,6 +38,7 @@ from buttress.resilience import (
     ResilienceEvent,
     default_registry,
 )
+from buttress.resilience._common import Duration, check_seconds, resolve_clock
 
 if TYPE_CHECKING:
     from buttress.cache import Cache, SyncCache
@@ -74,6 +76,8 @@ class Metrics:
         registry: Registry = default_registry,
         *,
         prometheus_registry: CollectorRegistry | None = None,
+        refresh_interval: Duration = 1.0,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(registry, Registry):
             raise TypeError(f"Metrics: registry must be a buttress Registry, got {registry!r}")
@@ -85,6 +89,11 @@ class Metrics:
                 f"or None, got {prometheus_registry!r}"
             )
         self.registry = registry
+        # Queue stats are a database query, and /metrics answers anyone who asks:
+        # refresh() reads them at most this often, however hard it is scraped.
+        self.refresh_interval = check_seconds("Metrics", "refresh_interval", refresh_interval)
+        self._clock = resolve_clock("Metrics", clock)
+        self._refreshed_at: float | None = None
         self.prometheus_registry = (
             CollectorRegistry() if prometheus_registry is None else prometheus_registry
         )
@@ -165,7 +174,13 @@ class Metrics:
 
         Never raises for a queue: a failing backend is logged, keeps its last
         numbers and reports ``buttress_queue_up 0`` until it answers again.
+        Within ``refresh_interval`` of the last refresh it reads nothing: the
+        numbers are that fresh already.
         """
+        now = self._clock.now()
+        if self._refreshed_at is not None and now - self._refreshed_at < self.refresh_interval:
+            return
+        self._refreshed_at = now
         for name, watch in list(self._queues.items()):
             if watch.queue() is None:
                 self._queues.pop(name, None)

@@ -70,7 +70,7 @@ class Service:
         self.api_limiter: RateLimiter | None = (
             None if limit is None else limit.build(API_LIMITER, registry=self.registry, clock=clock)
         )
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, clock=clock)
         self.metrics.watch_cache(self.cache)
         self.metrics.watch_queue(self.queue)
         self.health = Health(timeout=self.settings.health_timeout, clock=clock)
