@@ -67,6 +67,7 @@ __all__ = [
 ENV_PREFIX = "BUTTRESS_"
 NESTED = "__"
 PREHASHED = "sha256:"
+DEFAULT_MAX_BODY_BYTES = 1_048_576
 
 
 def hash_api_key(key: str) -> str:
@@ -207,7 +208,7 @@ class Settings(BaseSettings):
     rate_limits: dict[str, RateLimitSettings] = Field(default_factory=dict)
     api_rate_limit: RateLimitSettings | None = RateLimitSettings(rate=50, per=1.0, burst=100)
     """Requests each principal may make to the API; ``null`` turns the limit off."""
-    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     worker: bool = True

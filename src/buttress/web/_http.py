@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from buttress.config import DEFAULT_MAX_BODY_BYTES
 from buttress.errors import (
     BadRequestError,
     ButtressError,
@@ -58,7 +59,6 @@ log = logging.getLogger("buttress.web")
 PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED = "<unmatched>"
-DEFAULT_MAX_BODY = 1_048_576
 STATE_HEADERS = "buttress_headers"
 """Key in the request's state of extra response headers (the rate limit's)."""
 
@@ -264,7 +264,9 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         service = self.service()
-        limit = service.settings.max_body_bytes if service is not None else DEFAULT_MAX_BODY
+        limit = (
+            service.settings.max_body_bytes if service is not None else DEFAULT_MAX_BODY_BYTES_BYTES
+        )
         request_id, declared = _read_headers(scope)
         exchange = _Exchange(scope, receive, send, limit, request_id)
         token = set_request_id(request_id)
