@@ -264,9 +264,7 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         service = self.service()
-        limit = (
-            service.settings.max_body_bytes if service is not None else DEFAULT_MAX_BODY_BYTES_BYTES
-        )
+        limit = service.settings.max_body_bytes if service is not None else DEFAULT_MAX_BODY_BYTES
         request_id, declared = _read_headers(scope)
         exchange = _Exchange(scope, receive, send, limit, request_id)
         token = set_request_id(request_id)
